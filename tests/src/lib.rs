@@ -1,0 +1,2 @@
+//! Test infrastructure shared by every test tier: the test identity provider, the echo upstream
+//! and the local control-plane harness.
