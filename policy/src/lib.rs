@@ -1,1 +1,22 @@
-pub fn placeholder() {}
+//! The `TokenPolicy` API: spec types, defaults, validation, and compilation into the runtime
+//! model the sidecar enforces. No I/O: files are read through [`compile::KeyFiles`].
+
+pub mod claims;
+pub mod compile;
+pub mod document;
+pub mod keys;
+pub mod routes;
+pub mod selector;
+pub mod spec;
+
+pub use compile::{
+    CompiledPolicy, Extraction, FieldError, InvalidPolicy, IssuerRule, KeyFiles, RemoteKeySource,
+    Verification, compile, validate,
+};
+pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
+pub use keys::{KeyError, VerificationKey};
+pub use selector::LabelSelector;
+pub use spec::TokenPolicySpec;
+
+/// Re-exported so users of the model name algorithms with the same type.
+pub use jsonwebtoken::Algorithm;

@@ -1,1 +1,18 @@
+//! tokengate's sidecar: a reverse proxy that validates the bearer token of every request with
+//! the semantics of Azure API Management's `validate-jwt` before the request reaches the
+//! application beside it.
 
+pub mod check;
+pub mod cli;
+pub mod extract;
+pub mod gate;
+pub mod keyset;
+pub mod load;
+pub mod metrics;
+pub mod proxy;
+pub mod reject;
+pub mod server;
+pub mod verify;
+
+pub use reject::{RejectReason, Rejection};
+pub use server::{Running, SidecarConfig, start};

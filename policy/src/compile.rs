@@ -1,0 +1,757 @@
+//! Validation and compilation of a TokenPolicy into the sidecar's runtime model.
+//!
+//! One pass does both: validation is compilation with every problem collected, so what the
+//! admission webhook accepts is exactly what the sidecar can run.
+
+use std::fmt;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+
+use crate::claims::{ClaimPath, ClaimRequirement};
+use crate::document::TokenPolicyDocument;
+use crate::keys::VerificationKey;
+use crate::routes::CompiledRule;
+use crate::selector::LabelSelector;
+use crate::spec::{
+    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, SigningKey, TokenPolicySpec, ValidateAzureAdToken,
+    ValidateJwt,
+};
+
+/// Longest clock skew accepted; beyond it `exp` stops meaning much.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Every asymmetric algorithm; the default for keys fetched from the network.
+pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// A policy ready for the request path.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub generation: Option<i64>,
+    pub creation_timestamp: Option<String>,
+    pub selector: LabelSelector,
+    pub extraction: Extraction,
+    pub verification: Verification,
+    pub failed_validation: FailedValidation,
+    pub forward_token: bool,
+    pub claims_to_headers: Vec<ClaimHeader>,
+    pub rules: Vec<CompiledRule>,
+}
+
+/// Where the token is read from, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extraction {
+    /// Lower-case header name.
+    pub header: String,
+    pub scheme: Option<String>,
+    pub query_parameter: Option<String>,
+    pub cookie: Option<String>,
+    pub max_length: usize,
+}
+
+/// A key set the sidecar fetches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RemoteKeySource {
+    /// An OpenID Connect discovery document, whose `jwks_uri` is then fetched.
+    Discovery(String),
+    /// A JWKS document.
+    Jwks(String),
+}
+
+impl RemoteKeySource {
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Discovery(url) | Self::Jwks(url) => url,
+        }
+    }
+}
+
+impl fmt::Display for RemoteKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Discovery(url) => write!(f, "openid-config {url}"),
+            Self::Jwks(url) => write!(f, "jwks {url}"),
+        }
+    }
+}
+
+/// Which `iss` values are accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuerRule {
+    Any,
+    Listed(Vec<String>),
+    /// The `issuer` of each discovery document, known once they are fetched.
+    FromDiscovery,
+}
+
+/// The token checks, in the order the verifier runs them.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    pub remote_sources: Vec<RemoteKeySource>,
+    pub static_keys: Vec<VerificationKey>,
+    pub algorithms: Vec<Algorithm>,
+    /// `alg: none` accepted (requireSignedTokens false and `none` listed).
+    pub allow_unsigned: bool,
+    pub issuers: IssuerRule,
+    pub audiences: Vec<String>,
+    pub required_claims: Vec<ClaimRequirement>,
+    pub require_expiration_time: bool,
+    pub clock_skew: Duration,
+}
+
+/// A claim copied into a request header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: ClaimPath,
+    /// Lower-case header name.
+    pub header: String,
+}
+
+/// One problem with a policy, located by its field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidPolicy {
+    pub policy: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for InvalidPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenPolicy {:?} is invalid: ", self.policy)?;
+        for (i, err) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads key files named by `issuerSigningKeys[].file`. Compilation itself does no I/O.
+pub trait KeyFiles {
+    fn read(&self, path: &str) -> std::io::Result<String>;
+}
+
+/// Validates a spec as the admission webhook does: everything but the contents of key files,
+/// which live where the sidecar runs.
+pub fn validate(spec: &TokenPolicySpec) -> Vec<FieldError> {
+    let mut compiler = Compiler {
+        errors: Vec::new(),
+        files: None,
+    };
+    compiler.spec(spec);
+    compiler.errors
+}
+
+/// Compiles a policy for the sidecar, reading key files through `files`.
+pub fn compile(
+    doc: &TokenPolicyDocument,
+    files: &dyn KeyFiles,
+) -> Result<CompiledPolicy, InvalidPolicy> {
+    let mut compiler = Compiler {
+        errors: Vec::new(),
+        files: Some(files),
+    };
+    let parts = compiler.spec(&doc.spec);
+    match parts {
+        Some((extraction, verification, claims_to_headers, rules))
+            if compiler.errors.is_empty() =>
+        {
+            Ok(CompiledPolicy {
+                name: doc.metadata.name.clone(),
+                namespace: doc.metadata.namespace.clone(),
+                generation: doc.metadata.generation,
+                creation_timestamp: doc.metadata.creation_timestamp.clone(),
+                selector: doc.spec.selector.clone(),
+                extraction,
+                verification,
+                failed_validation: doc.spec.failed_validation.clone(),
+                forward_token: doc.spec.forwarding.forward_token,
+                claims_to_headers,
+                rules,
+            })
+        }
+        _ => Err(InvalidPolicy {
+            policy: doc.metadata.name.clone(),
+            errors: compiler.errors,
+        }),
+    }
+}
+
+type Parts = (
+    Extraction,
+    Verification,
+    Vec<ClaimHeader>,
+    Vec<CompiledRule>,
+);
+
+struct Compiler<'f> {
+    errors: Vec<FieldError>,
+    files: Option<&'f dyn KeyFiles>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn spec(&mut self, spec: &TokenPolicySpec) -> Option<Parts> {
+        if spec.selector.is_empty() {
+            self.error(
+                "spec.selector",
+                "must select pods by at least one label (matchLabels or matchExpressions)",
+            );
+        }
+        for problem in spec.selector.problems() {
+            self.error("spec.selector", problem);
+        }
+        let extraction = self.extraction(spec);
+        let code = spec.failed_validation.http_code;
+        if !(400..=599).contains(&code) {
+            self.error(
+                "spec.failedValidation.httpCode",
+                format!("{code} is not an error status; use 400 to 599"),
+            );
+        }
+        if spec.failed_validation.message.contains(['\r', '\n']) {
+            self.error("spec.failedValidation.message", "must be a single line");
+        }
+        let verification = match (&spec.validate_jwt, &spec.validate_azure_ad_token) {
+            (Some(jwt), None) => self.validate_jwt(jwt),
+            (None, Some(entra)) => self.validate_azure_ad_token(entra),
+            (None, None) => {
+                self.error(
+                    "spec",
+                    "set one of validateJwt or validateAzureAdToken: a policy must say how tokens are validated",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    "spec",
+                    "validateJwt and validateAzureAdToken are exclusive: keep one",
+                );
+                None
+            }
+        };
+        let claims_to_headers = self.claims_to_headers(spec, &extraction);
+        let mut rules = Vec::new();
+        for (i, rule) in spec.rules.iter().enumerate() {
+            match CompiledRule::compile(rule) {
+                Ok(rule) => rules.push(rule),
+                Err(message) => self.error(format!("spec.rules[{i}]"), message),
+            }
+        }
+        Some((extraction, verification?, claims_to_headers, rules))
+    }
+
+    fn extraction(&mut self, spec: &TokenPolicySpec) -> Extraction {
+        let token = &spec.token;
+        if !is_header_name(&token.header) {
+            self.error(
+                "spec.token.header",
+                format!("{:?} is not a valid header name", token.header),
+            );
+        }
+        if let Some(scheme) = &token.scheme
+            && !scheme.is_empty()
+            && !is_token_chars(scheme)
+        {
+            self.error(
+                "spec.token.scheme",
+                format!("{scheme:?} is not a valid authentication scheme"),
+            );
+        }
+        if token.query_parameter.as_deref() == Some("") {
+            self.error("spec.token.queryParameter", "must not be empty");
+        }
+        if let Some(cookie) = &token.cookie
+            && !is_token_chars(cookie)
+        {
+            self.error(
+                "spec.token.cookie",
+                format!("{cookie:?} is not a valid cookie name"),
+            );
+        }
+        let max_length = token.max_length.unwrap_or(DEFAULT_MAX_TOKEN_LENGTH);
+        if !(64..=65536).contains(&max_length) {
+            self.error("spec.token.maxLength", "must be between 64 and 65536");
+        }
+        Extraction {
+            header: token.header.to_ascii_lowercase(),
+            scheme: token.effective_scheme().map(str::to_owned),
+            query_parameter: token.query_parameter.clone(),
+            cookie: token.cookie.clone(),
+            max_length: max_length as usize,
+        }
+    }
+
+    fn validate_jwt(&mut self, jwt: &ValidateJwt) -> Option<Verification> {
+        let base = "spec.validateJwt";
+        let mut remote_sources = Vec::new();
+        for (i, config) in jwt.openid_configs.iter().enumerate() {
+            if self.url(format!("{base}.openidConfigs[{i}].url"), &config.url) {
+                remote_sources.push(RemoteKeySource::Discovery(config.url.clone()));
+            }
+        }
+        for (i, url) in jwt.jwks_uris.iter().enumerate() {
+            if self.url(format!("{base}.jwksUris[{i}]"), url) {
+                remote_sources.push(RemoteKeySource::Jwks(url.clone()));
+            }
+        }
+        let mut static_keys = Vec::new();
+        for (i, key) in jwt.issuer_signing_keys.iter().enumerate() {
+            if let Some(key) = self.signing_key(&format!("{base}.issuerSigningKeys[{i}]"), key) {
+                static_keys.push(key);
+            }
+        }
+
+        let mut algorithms = Vec::new();
+        let mut none_listed = false;
+        for (i, name) in jwt.algorithms.iter().enumerate() {
+            if name == "none" {
+                none_listed = true;
+                continue;
+            }
+            match name.parse::<Algorithm>() {
+                Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Ok(_) => {}
+                Err(_) => self.error(
+                    format!("{base}.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm {name:?}; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512"
+                    ),
+                ),
+            }
+        }
+        if none_listed && jwt.require_signed_tokens {
+            self.error(
+                format!("{base}.algorithms"),
+                "`none` is only allowed together with requireSignedTokens: false",
+            );
+        }
+        let allow_unsigned = none_listed && !jwt.require_signed_tokens;
+        let has_keys = !remote_sources.is_empty() || !jwt.issuer_signing_keys.is_empty();
+        if !has_keys && !(allow_unsigned && algorithms.is_empty()) {
+            self.error(
+                base,
+                "no keys: give at least one of openidConfigs, jwksUris or issuerSigningKeys",
+            );
+        }
+        if jwt.algorithms.is_empty() {
+            if !remote_sources.is_empty() {
+                algorithms.extend(ASYMMETRIC_ALGORITHMS);
+            }
+            for key in &static_keys {
+                for alg in key.family.algorithms() {
+                    if key.fits(*alg) && !algorithms.contains(alg) {
+                        algorithms.push(*alg);
+                    }
+                }
+            }
+        } else if !algorithms.is_empty() && (!static_keys.is_empty() || !remote_sources.is_empty())
+        {
+            // An allowed algorithm no key can verify is almost always a typo.
+            let usable = |alg: &Algorithm| {
+                static_keys.iter().any(|k| k.fits(*alg))
+                    || (!remote_sources.is_empty() && family_of(*alg) != AlgorithmFamily::Hmac)
+            };
+            let unusable: Vec<String> = algorithms
+                .iter()
+                .filter(|a| !usable(a))
+                .map(|a| format!("{a:?}"))
+                .collect();
+            if !unusable.is_empty() && static_keys.len() == jwt.issuer_signing_keys.len() {
+                self.error(
+                    format!("{base}.algorithms"),
+                    format!(
+                        "no configured key can verify {}; HMAC algorithms need a symmetric key in issuerSigningKeys",
+                        unusable.join(", ")
+                    ),
+                );
+            }
+        }
+
+        let issuers = if !jwt.issuers.is_empty() {
+            for (i, issuer) in jwt.issuers.iter().enumerate() {
+                if issuer.is_empty() {
+                    self.error(format!("{base}.issuers[{i}]"), "must not be empty");
+                }
+            }
+            IssuerRule::Listed(jwt.issuers.clone())
+        } else if !jwt.openid_configs.is_empty() {
+            IssuerRule::FromDiscovery
+        } else {
+            IssuerRule::Any
+        };
+        for (i, aud) in jwt.audiences.iter().enumerate() {
+            if aud.is_empty() {
+                self.error(format!("{base}.audiences[{i}]"), "must not be empty");
+            }
+        }
+        let required_claims =
+            self.required_claims(&format!("{base}.requiredClaims"), &jwt.required_claims);
+        let clock_skew = jwt.clock_skew.0;
+        if clock_skew > MAX_CLOCK_SKEW {
+            self.error(format!("{base}.clockSkew"), "must be at most 1h");
+        }
+        Some(Verification {
+            remote_sources,
+            static_keys,
+            algorithms,
+            allow_unsigned,
+            issuers,
+            audiences: jwt.audiences.clone(),
+            required_claims,
+            require_expiration_time: jwt.require_expiration_time,
+            clock_skew,
+        })
+    }
+
+    fn validate_azure_ad_token(&mut self, _entra: &ValidateAzureAdToken) -> Option<Verification> {
+        self.error(
+            "spec.validateAzureAdToken",
+            "Microsoft Entra ID validation is not available in this version; use validateJwt with the tenant's openid-config",
+        );
+        None
+    }
+
+    fn required_claims(
+        &mut self,
+        field: &str,
+        claims: &[crate::spec::RequiredClaim],
+    ) -> Vec<ClaimRequirement> {
+        let mut out = Vec::new();
+        for (i, claim) in claims.iter().enumerate() {
+            match ClaimRequirement::compile(claim) {
+                Ok(req) => out.push(req),
+                Err(message) => self.error(format!("{field}[{i}].name"), message),
+            }
+        }
+        out
+    }
+
+    fn signing_key(&mut self, field: &str, key: &SigningKey) -> Option<VerificationKey> {
+        let forms = [
+            key.jwk.is_some(),
+            key.pem.is_some(),
+            key.n.is_some() || key.e.is_some(),
+            key.value.is_some(),
+            key.file.is_some(),
+            key.secret_ref.is_some(),
+        ];
+        let count = forms.iter().filter(|set| **set).count();
+        if count != 1 {
+            self.error(
+                field,
+                "give exactly one of jwk, pem, n+e, value, file or secretRef",
+            );
+            return None;
+        }
+        let kid = key.id.clone();
+        let parsed = if let Some(jwk) = &key.jwk {
+            VerificationKey::from_jwk_value(jwk).map(|mut parsed| {
+                if kid.is_some() {
+                    parsed.kid = kid;
+                }
+                parsed
+            })
+        } else if let Some(pem) = &key.pem {
+            VerificationKey::from_pem(kid, pem)
+        } else if key.n.is_some() || key.e.is_some() {
+            match (&key.n, &key.e) {
+                (Some(n), Some(e)) => VerificationKey::from_rsa_components(kid, n, e),
+                _ => {
+                    self.error(field, "an RSA key needs both n and e");
+                    return None;
+                }
+            }
+        } else if let Some(value) = &key.value {
+            VerificationKey::from_symmetric_base64(kid, value)
+        } else if let Some(path) = &key.file {
+            if path.is_empty() {
+                self.error(format!("{field}.file"), "must not be empty");
+                return None;
+            }
+            let files = self.files?;
+            match files.read(path) {
+                Ok(text) => VerificationKey::from_symmetric_base64(kid, &text),
+                Err(err) => {
+                    self.error(
+                        format!("{field}.file"),
+                        format!("cannot read {path}: {err}"),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(secret) = &key.secret_ref {
+            if secret.name.is_empty() || secret.key.is_empty() {
+                self.error(format!("{field}.secretRef"), "needs both name and key");
+            } else if self.files.is_some() {
+                self.error(
+                    format!("{field}.secretRef"),
+                    "secretRef is resolved by the operator in a cluster; standalone, give the key as value or file",
+                );
+            }
+            return None;
+        } else {
+            return None;
+        };
+        match parsed {
+            Ok(key) => Some(key),
+            Err(err) => {
+                self.error(field, err.0);
+                None
+            }
+        }
+    }
+
+    fn claims_to_headers(
+        &mut self,
+        spec: &TokenPolicySpec,
+        extraction: &Extraction,
+    ) -> Vec<ClaimHeader> {
+        let mut out: Vec<ClaimHeader> = Vec::new();
+        for (i, mapping) in spec.forwarding.claims_to_headers.iter().enumerate() {
+            let field = format!("spec.forwarding.claimsToHeaders[{i}]");
+            let header = mapping.header.to_ascii_lowercase();
+            if !is_header_name(&header) {
+                self.error(
+                    format!("{field}.header"),
+                    format!("{:?} is not a valid header name", mapping.header),
+                );
+                continue;
+            }
+            if RESERVED_HEADERS.contains(&header.as_str()) || header == extraction.header {
+                self.error(
+                    format!("{field}.header"),
+                    format!(
+                        "{:?} cannot carry a claim: the proxy or the token owns it",
+                        mapping.header
+                    ),
+                );
+                continue;
+            }
+            if out.iter().any(|c| c.header == header) {
+                self.error(
+                    format!("{field}.header"),
+                    format!("{:?} is set twice", mapping.header),
+                );
+                continue;
+            }
+            match ClaimPath::parse(&mapping.claim) {
+                Ok(claim) => out.push(ClaimHeader { claim, header }),
+                Err(message) => self.error(format!("{field}.claim"), message),
+            }
+        }
+        out
+    }
+
+    fn url(&mut self, field: String, text: &str) -> bool {
+        match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => true,
+            Ok(url) => {
+                self.error(
+                    field,
+                    format!("{text:?}: scheme {} is not http or https", url.scheme()),
+                );
+                false
+            }
+            Err(err) => {
+                self.error(field, format!("{text:?} is not a URL: {err}"));
+                false
+            }
+        }
+    }
+}
+
+/// Headers the proxy manages itself; a claim must not overwrite them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+    "cookie",
+];
+
+fn family_of(alg: Algorithm) -> AlgorithmFamily {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => AlgorithmFamily::Hmac,
+        Algorithm::ES256 | Algorithm::ES384 => AlgorithmFamily::Ec,
+        Algorithm::EdDSA => AlgorithmFamily::Ed,
+        _ => AlgorithmFamily::Rsa,
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_token_chars(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_name(text: &str) -> bool {
+    is_token_chars(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::parse_documents;
+
+    struct NoFiles;
+    impl KeyFiles for NoFiles {
+        fn read(&self, path: &str) -> std::io::Result<String> {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                path.to_owned(),
+            ))
+        }
+    }
+
+    fn doc(spec_yaml: &str) -> TokenPolicyDocument {
+        let text = format!(
+            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: t}}\nspec:\n{spec_yaml}"
+        );
+        parse_documents(&text).expect("parses").remove(0)
+    }
+
+    fn errors(spec_yaml: &str) -> Vec<String> {
+        match compile(&doc(spec_yaml), &NoFiles) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_apim() {
+        let policy = compile(
+            &doc("  selector: {matchLabels: {app: a}}\n  validateJwt:\n    openidConfigs: [{url: https://idp.example/.well-known/openid-configuration}]\n"),
+            &NoFiles,
+        )
+        .expect("compiles");
+        assert_eq!(policy.extraction.header, "authorization");
+        assert_eq!(policy.extraction.scheme.as_deref(), Some("Bearer"));
+        assert_eq!(policy.failed_validation.http_code, 401);
+        assert!(policy.forward_token);
+        let v = &policy.verification;
+        assert!(v.require_expiration_time);
+        assert!(!v.allow_unsigned);
+        assert_eq!(v.issuers, IssuerRule::FromDiscovery);
+        assert!(v.algorithms.contains(&Algorithm::RS256));
+        assert!(
+            !v.algorithms.contains(&Algorithm::HS256),
+            "HMAC never defaults in for fetched keys"
+        );
+    }
+
+    #[test]
+    fn each_mistake_is_named_with_its_field() {
+        let errs = errors(
+            "  selector: {}\n  validateJwt: {algorithms: [RS999, none], jwksUris: [\"ftp://x/keys\"]}\n  failedValidation: {httpCode: 302}\n  forwarding: {claimsToHeaders: [{claim: sub, header: Host}]}\n  rules: [{paths: [admin]}]\n",
+        );
+        let joined = errs.join("\n");
+        for expected in [
+            "spec.selector: must select pods",
+            "spec.failedValidation.httpCode: 302",
+            "spec.validateJwt.jwksUris[0]: \"ftp://x/keys\": scheme ftp",
+            "spec.validateJwt.algorithms[0]: unknown algorithm \"RS999\"",
+            "spec.validateJwt.algorithms: `none` is only allowed",
+            "spec.forwarding.claimsToHeaders[0].header: \"Host\" cannot carry a claim",
+            "spec.rules[0]: path \"admin\" must start with /",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_must_have_exactly_one_form_and_valid_material() {
+        let errs = errors(
+            "  selector: {matchLabels: {app: a}}\n  validateJwt:\n    issuerSigningKeys:\n      - {value: c2hvcnQ=}\n      - {n: abc}\n      - {pem: x, value: y}\n      - {secretRef: {name: s, key: k}}\n",
+        );
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("issuerSigningKeys[0]: symmetric key is 5 bytes"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("issuerSigningKeys[1]: an RSA key needs both n and e"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("issuerSigningKeys[2]: give exactly one of"),
+            "{joined}"
+        );
+        assert!(
+            joined
+                .contains("issuerSigningKeys[3].secretRef: secretRef is resolved by the operator"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn validate_accepts_secret_refs_for_the_webhook() {
+        let d = doc(
+            "  selector: {matchLabels: {app: a}}\n  validateJwt:\n    issuerSigningKeys: [{id: h, secretRef: {name: s, key: k}}]\n    algorithms: [HS256]\n",
+        );
+        assert_eq!(validate(&d.spec), Vec::new());
+    }
+
+    #[test]
+    fn exactly_one_validator() {
+        assert!(
+            errors("  selector: {matchLabels: {app: a}}\n")
+                .join("")
+                .contains("set one of validateJwt")
+        );
+    }
+
+    #[test]
+    fn unusable_algorithms_are_flagged() {
+        let errs = errors(
+            "  selector: {matchLabels: {app: a}}\n  validateJwt: {jwksUris: [\"https://idp/keys\"], algorithms: [HS256]}\n",
+        );
+        assert!(
+            errs.join("").contains("no configured key can verify HS256"),
+            "{errs:?}"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The `TokenPolicy` spec (`tokengate.dev/v1alpha1`), as users write it.
+//!
+//! Field names follow Azure API Management's `validate-jwt` and `validate-azure-ad-token`
+//! policies so that an APIM policy translates line by line. Defaults are APIM's.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::selector::LabelSelector;
+
+/// Desired token validation for the pods a selector picks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicySpec {
+    /// Pods this policy applies to, by label. Must not be empty: a policy that selects every
+    /// pod of a namespace is written as an explicit label.
+    pub selector: LabelSelector,
+
+    /// Where the token is read from. Defaults to the `Authorization` header with the `Bearer`
+    /// scheme.
+    #[serde(default, skip_serializing_if = "TokenSource::is_default")]
+    pub token: TokenSource,
+
+    /// Validation with the semantics of APIM's `validate-jwt` policy. Exactly one of
+    /// `validateJwt` and `validateAzureAdToken` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_jwt: Option<ValidateJwt>,
+
+    /// Validation with the semantics of APIM's `validate-azure-ad-token` policy (Microsoft
+    /// Entra ID). Exactly one of `validateJwt` and `validateAzureAdToken` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_azure_ad_token: Option<ValidateAzureAdToken>,
+
+    /// Status code and message of the response to a request whose token fails validation
+    /// (APIM `failed-validation-httpcode` and `failed-validation-error-message`).
+    #[serde(default, skip_serializing_if = "FailedValidation::is_default")]
+    pub failed_validation: FailedValidation,
+
+    /// What reaches the application once a token is accepted.
+    #[serde(default, skip_serializing_if = "Forwarding::is_default")]
+    pub forwarding: Forwarding,
+
+    /// Per-route requirements, first match wins. A request that matches no rule needs a valid
+    /// token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+
+    /// Make the application reachable only through the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<PrivateAccess>,
+}
+
+/// Where the token is read from. Sources are tried in order: header, query parameter, cookie.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSource {
+    /// Request header carrying the token (APIM `header-name`).
+    #[serde(default = "default_header")]
+    pub header: String,
+
+    /// Scheme the header value must start with, compared case-insensitively (APIM
+    /// `require-scheme`). Defaults to `Bearer` for the `Authorization` header and to none for
+    /// other headers; the empty string means the whole header value is the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+
+    /// Query parameter carrying the token when the header is absent (APIM
+    /// `query-parameter-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
+
+    /// Cookie carrying the token when neither the header nor the query parameter is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+
+    /// Longest token accepted, in bytes. Longer tokens are refused before any parsing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub max_length: Option<u32>,
+}
+
+pub const DEFAULT_TOKEN_HEADER: &str = "Authorization";
+pub const DEFAULT_SCHEME: &str = "Bearer";
+pub const DEFAULT_MAX_TOKEN_LENGTH: u32 = 8192;
+
+fn default_header() -> String {
+    DEFAULT_TOKEN_HEADER.to_owned()
+}
+
+impl Default for TokenSource {
+    fn default() -> Self {
+        Self {
+            header: default_header(),
+            scheme: None,
+            query_parameter: None,
+            cookie: None,
+            max_length: None,
+        }
+    }
+}
+
+impl TokenSource {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The scheme in force: the explicit one, else `Bearer` on `Authorization`. `None` means
+    /// the header value is the token itself.
+    pub fn effective_scheme(&self) -> Option<&str> {
+        match self.scheme.as_deref() {
+            Some("") => None,
+            Some(scheme) => Some(scheme),
+            None if self.header.eq_ignore_ascii_case(DEFAULT_TOKEN_HEADER) => Some(DEFAULT_SCHEME),
+            None => None,
+        }
+    }
+}
+
+/// APIM `validate-jwt`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateJwt {
+    /// OpenID Connect discovery documents; their `jwks_uri` keys are trusted, and when
+    /// `issuers` is empty, their `issuer` values are the accepted issuers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub openid_configs: Vec<OpenIdConfig>,
+
+    /// JSON Web Key Set URLs whose keys are trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwks_uris: Vec<String>,
+
+    /// Keys given in the policy itself (APIM `issuer-signing-keys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuer_signing_keys: Vec<SigningKey>,
+
+    /// Accepted `iss` values (any of). Empty: the discovery documents' issuers, or any issuer
+    /// when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+
+    /// Accepted `aud` values (any of; `aud` may be a string or an array). Empty: any audience.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+
+    /// Accepted signature algorithms. Empty: every algorithm the configured keys can verify.
+    /// The token's own `alg` never widens this set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+
+    /// Claims the token must carry (APIM `required-claims`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<RequiredClaim>,
+
+    /// Refuse tokens without an `exp` claim (APIM `require-expiration-time`).
+    #[serde(default = "yes")]
+    pub require_expiration_time: bool,
+
+    /// Refuse unsigned tokens (APIM `require-signed-tokens`). Setting it to false accepts
+    /// `alg: none` only when `algorithms` also lists `none`.
+    #[serde(default = "yes")]
+    pub require_signed_tokens: bool,
+
+    /// Tolerance for `exp`, `nbf` and `iat`, e.g. `30s` or `2m` (APIM `clock-skew`).
+    #[serde(default, skip_serializing_if = "HumanDuration::is_zero")]
+    pub clock_skew: HumanDuration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// APIM `validate-azure-ad-token`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateAzureAdToken {
+    /// Directory (tenant) id, or `organizations` / `common` for multi-tenant applications.
+    pub tenant_id: String,
+
+    /// Microsoft Entra authority host, for national clouds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_endpoint: Option<String>,
+
+    /// Accepted audiences (any of).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+
+    /// Client applications allowed to call (checked against `appid` or `azp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_application_ids: Vec<String>,
+
+    /// Application ids of the protected resource, accepted as audiences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_application_ids: Vec<String>,
+
+    /// Claims the token must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<RequiredClaim>,
+}
+
+/// One OpenID Connect discovery document.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenIdConfig {
+    /// Full URL of the discovery document, e.g.
+    /// `https://issuer.example/.well-known/openid-configuration`.
+    pub url: String,
+}
+
+/// A key given in the policy: exactly one form per key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKey {
+    /// Key id matched against the token's `kid`. Tokens without a `kid` try every key whose
+    /// type fits their algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+
+    /// A public JSON Web Key (RSA, EC or OKP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub jwk: Option<serde_json::Value>,
+
+    /// A PEM public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+
+    /// RSA modulus, base64url (APIM `n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+
+    /// RSA public exponent, base64url (APIM `e`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+
+    /// Symmetric (HMAC) key, base64. Prefer `secretRef` in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+
+    /// Path of a file holding a base64 symmetric key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+
+    /// Secret in the policy's namespace holding a base64 symmetric key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// A key of a Secret in the policy's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// A claim the token must carry (APIM `<claim>`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredClaim {
+    /// Claim name; a dotted path such as `realm_access.roles` reaches nested objects when no
+    /// top-level claim has the literal name.
+    pub name: String,
+
+    /// `all`: every listed value must be present; `any`: at least one.
+    #[serde(default, rename = "match")]
+    pub match_: ClaimMatch,
+
+    /// Splits a string claim into values, e.g. `" "` for `scp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+
+    /// Accepted values. Empty: the claim only has to be present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimMatch {
+    #[default]
+    All,
+    Any,
+}
+
+/// The response to a failed validation.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedValidation {
+    /// HTTP status code, 400 to 599.
+    #[serde(default = "default_http_code")]
+    #[schemars(range(min = 400, max = 599))]
+    pub http_code: u16,
+
+    /// Message in the response body.
+    #[serde(default = "default_message")]
+    pub message: String,
+}
+
+fn default_http_code() -> u16 {
+    401
+}
+
+fn default_message() -> String {
+    "Unauthorized".to_owned()
+}
+
+impl Default for FailedValidation {
+    fn default() -> Self {
+        Self {
+            http_code: default_http_code(),
+            message: default_message(),
+        }
+    }
+}
+
+impl FailedValidation {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What reaches the application once a token is accepted.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Forwarding {
+    /// Pass the token on to the application; false removes it from the request.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+
+    /// Request headers set from claims. Incoming headers of the same names are always removed
+    /// first, so a client cannot forge them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims_to_headers: Vec<ClaimToHeader>,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Self {
+            forward_token: true,
+            claims_to_headers: Vec::new(),
+        }
+    }
+}
+
+impl Forwarding {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One claim copied into a request header.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    /// Claim name or dotted path. Arrays become comma-separated values, objects compact JSON.
+    pub claim: String,
+    /// Header name.
+    pub header: String,
+}
+
+/// A per-route requirement.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Paths this rule matches: exact (`/healthz`) or a prefix ending in `/*` (`/public/*`
+    /// matches `/public` and everything below it).
+    pub paths: Vec<String>,
+
+    /// Methods this rule matches. Empty: every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+
+    /// `Required` (default): a valid token is needed; `Optional`: requests without a token pass
+    /// but a presented token must be valid; `Disabled`: no validation.
+    #[serde(default)]
+    pub authentication: Authentication,
+
+    /// Further claims this route needs; a valid token without them is refused with 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<RequiredClaim>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Authentication {
+    #[default]
+    Required,
+    Optional,
+    Disabled,
+}
+
+/// Make the application reachable only through the sidecar.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateAccess {
+    /// Render a NetworkPolicy that admits ingress to the selected pods only on the sidecar's
+    /// ports.
+    #[serde(default)]
+    pub network_policy: bool,
+
+    /// Further pod ports left open, such as an application's own metrics port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_ports: Vec<u16>,
+}
+
+/// A duration written the human way (`30s`, `2m`, `1h30m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn is_zero(&self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|err| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({err}); write it like 30s, 2m or 1h"
+                ))
+            })
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration such as 30s, 2m or 1h30m.",
+            "pattern": "^\\s*([0-9]+\\s*(ns|us|ms|s|m|h|d|sec|min|hour|hours|second|seconds|minute|minutes)\\s*)+$",
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}

@@ -1,0 +1,220 @@
+//! Command line of `tokengate-sidecar`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::keyset::{KeyCache, KeySettings};
+use crate::load::{load_pod_labels, load_policy_files, select_policy};
+use crate::metrics::Metrics;
+use crate::proxy::{UpstreamProtocol, UpstreamSettings};
+use crate::server::{Limits, SidecarConfig};
+
+/// Exit code for configuration errors (sysexits EX_USAGE... EX_CONFIG is 78; linkerd and most
+/// proxies use 64 for "bad invocation or configuration").
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tokengate-sidecar",
+    version,
+    about = "Validates the bearer token of every request before it reaches the application"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Explain the decision for one token, check by check.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TokenPolicy YAML file (the same file `kubectl apply` takes); repeatable.
+    #[arg(long = "policy", required = true)]
+    pub policies: Vec<PathBuf>,
+
+    /// Downward-API labels file of the pod; selects among several policies.
+    #[arg(long)]
+    pub pod_labels: Option<PathBuf>,
+
+    /// Address clients connect to.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// The application, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub upstream: http::Uri,
+
+    /// HTTP version spoken to the application.
+    #[arg(long, value_enum, default_value_t = UpstreamProtocol::Auto)]
+    pub upstream_protocol: UpstreamProtocol,
+
+    /// Admin address serving /live, /ready and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    /// Time a client has to send its request headers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head accepted, in bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub max_header_bytes: usize,
+
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Time allowed to connect to the application.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// Time allowed for the application's response headers.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    /// Refresh interval of fetched key sets.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub key_refresh_interval: Duration,
+
+    /// Least time between refetches caused by unknown key ids.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub key_miss_cooldown: Duration,
+
+    /// How long fetched keys stay in use when refreshes fail.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub key_max_stale: Duration,
+
+    /// Timeout of one key fetch.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub key_fetch_timeout: Duration,
+
+    /// PEM bundle trusted besides the system roots when fetching keys.
+    #[arg(long)]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn settings(&self) -> KeySettings {
+        KeySettings {
+            refresh_interval: self.key_refresh_interval,
+            miss_cooldown: self.key_miss_cooldown,
+            max_stale: self.key_max_stale,
+            fetch_timeout: self.key_fetch_timeout,
+            ..KeySettings::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// TokenPolicy YAML file; repeatable.
+    #[arg(long = "policy", required = true)]
+    pub policies: Vec<PathBuf>,
+
+    /// Downward-API labels file choosing among several policies.
+    #[arg(long)]
+    pub pod_labels: Option<PathBuf>,
+
+    /// The token (without the scheme).
+    #[arg(long, env = "TOKENGATE_TOKEN")]
+    pub token: String,
+
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+
+    #[arg(long, default_value = "/")]
+    pub path: String,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> SidecarConfig {
+        SidecarConfig {
+            policy_files: self.policies,
+            pod_labels: self.pod_labels,
+            listen: self.listen,
+            admin: self.admin,
+            upstream: UpstreamSettings {
+                base: self.upstream,
+                protocol: self.upstream_protocol,
+                connect_timeout: self.upstream_connect_timeout,
+                response_timeout: self.upstream_timeout,
+            },
+            keys: self.keys.settings(),
+            limits: Limits {
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes,
+                drain_timeout: self.drain_timeout,
+            },
+            extra_ca: self.keys.extra_ca_file,
+        }
+    }
+}
+
+/// Runs `check`; `Ok(true)` when the token is allowed.
+pub async fn run_check(args: CheckArgs) -> anyhow::Result<bool> {
+    let policies = load_policy_files(&args.policies)?;
+    let labels = args
+        .pod_labels
+        .as_deref()
+        .map(load_pod_labels)
+        .transpose()?;
+    let (chosen, conflicts) = select_policy(policies, labels.as_ref());
+    let policy = chosen.context("no policy selects a pod with these labels")?;
+    if !conflicts.is_empty() {
+        println!(
+            "note: also selecting this pod, not applied: {}",
+            conflicts.join(", ")
+        );
+    }
+    let metrics = Arc::new(Metrics::new()?);
+    let keys = KeyCache::new(
+        args.keys.settings(),
+        metrics,
+        args.keys.extra_ca_file.as_deref(),
+    )?;
+    let token = args.token.trim();
+    let token = token
+        .strip_prefix("Bearer ")
+        .or_else(|| token.strip_prefix("bearer "))
+        .unwrap_or(token);
+    let report = crate::check::check(
+        policy,
+        keys,
+        token,
+        &args.method.to_ascii_uppercase(),
+        &args.path,
+    )
+    .await;
+    print!("{}", report.text);
+    Ok(report.allowed)
+}

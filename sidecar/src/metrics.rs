@@ -1,0 +1,107 @@
+//! The sidecar's Prometheus metrics, in one explicit registry.
+//!
+//! Label values stay bounded: policy names, reason codes, key-source URLs from the policy;
+//! never subjects, tokens or paths.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: Histogram,
+    pub token_cache: IntCounterVec,
+    pub jwks_fetch: IntCounterVec,
+    pub keys: IntGaugeVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_generation: IntGauge,
+}
+
+/// Validation takes microseconds; the buckets resolve that range and the slow tail of a key
+/// fetch on an unknown `kid`.
+const VALIDATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tokengate_requests_total",
+                "Requests judged, by policy, decision and reason",
+            ),
+            &["policy", "decision", "reason"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tokengate_request_duration_seconds",
+                "Time spent deciding on a request (extraction and validation)",
+            )
+            .buckets(VALIDATION_BUCKETS.to_vec()),
+            &["policy", "decision"],
+        )?;
+        let upstream_duration = Histogram::with_opts(HistogramOpts::new(
+            "tokengate_upstream_duration_seconds",
+            "Time from forwarding a request to the application's response headers",
+        ))?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "tokengate_token_cache_total",
+                "Verified-token cache lookups, by result",
+            ),
+            &["result"],
+        )?;
+        let jwks_fetch = IntCounterVec::new(
+            Opts::new(
+                "tokengate_jwks_fetch_total",
+                "Key set fetches, by source and result",
+            ),
+            &["source", "result"],
+        )?;
+        let keys = IntGaugeVec::new(
+            Opts::new("tokengate_keys", "Usable verification keys held, by source"),
+            &["source"],
+        )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new("tokengate_policy_reloads_total", "Policy loads, by result"),
+            &["result"],
+        )?;
+        let policy_generation = IntGauge::new(
+            "tokengate_policy_generation",
+            "Number of policy versions applied since start",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(token_cache.clone()))?;
+        registry.register(Box::new(jwks_fetch.clone()))?;
+        registry.register(Box::new(keys.clone()))?;
+        registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(policy_generation.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            token_cache,
+            jwks_fetch,
+            keys,
+            policy_reloads,
+            policy_generation,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %err, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,326 @@
+//! Wiring: listeners for the proxy and the admin port, policy loading, shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gate::{ActivePolicy, Gate};
+use crate::keyset::{KeyCache, KeySettings};
+use crate::load::{load_pod_labels, load_policy_files, select_policy};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, UpstreamSettings};
+
+/// Connection limits of the proxy listener.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time a client has to send its request headers (slow-client protection).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Time in-flight requests get to finish after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+pub struct SidecarConfig {
+    pub policy_files: Vec<PathBuf>,
+    pub pod_labels: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: UpstreamSettings,
+    pub keys: KeySettings,
+    pub limits: Limits,
+    pub extra_ca: Option<PathBuf>,
+}
+
+/// A started sidecar. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    proxy_task: tokio::task::JoinHandle<()>,
+    admin_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the drain timeout, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy_task.await;
+        self.admin_task.abort();
+    }
+
+    pub fn ready(&self) -> bool {
+        is_ready(&self.gate)
+    }
+}
+
+static VERSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Loads the policy, binds both listeners and starts serving. Keys are fetched in the
+/// background; until they arrive requests are refused with `KeysUnavailable` and `/ready`
+/// says not ready.
+pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let keys = KeyCache::new(
+        config.keys.clone(),
+        Arc::clone(&metrics),
+        config.extra_ca.as_deref(),
+    )?;
+    let gate = Arc::new(Gate::new(Arc::clone(&keys)));
+
+    let policies = load_policy_files(&config.policy_files);
+    let policies = match policies {
+        Ok(policies) => {
+            metrics.policy_reloads.with_label_values(&["success"]).inc();
+            policies
+        }
+        Err(err) => {
+            metrics.policy_reloads.with_label_values(&["error"]).inc();
+            return Err(err);
+        }
+    };
+    let labels = config
+        .pod_labels
+        .as_deref()
+        .map(load_pod_labels)
+        .transpose()?;
+    let (chosen, conflicts) = select_policy(policies, labels.as_ref());
+    if !conflicts.is_empty() {
+        tracing::warn!(
+            applied = chosen.as_ref().map(|p| p.name.as_str()),
+            ignored = ?conflicts,
+            "several policies select this pod; the oldest applies"
+        );
+    }
+    match chosen {
+        Some(policy) => {
+            tracing::info!(policy = %policy.name, "policy applied");
+            let sources = keys.sources(&policy.verification.remote_sources);
+            let version = VERSIONS.fetch_add(1, Ordering::Relaxed) + 1;
+            gate.active.store(Some(Arc::new(ActivePolicy {
+                policy,
+                sources,
+                version,
+            })));
+            metrics
+                .policy_generation
+                .set(i64::try_from(version).unwrap_or(i64::MAX));
+        }
+        None => {
+            tracing::warn!("no policy selects this pod; every request is refused with NoPolicy")
+        }
+    }
+
+    let proxy_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding proxy listener {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding admin listener {}", config.admin))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(%proxy_addr, %admin_addr, upstream = %config.upstream.base, "listening");
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let proxy = Arc::new(Proxy::new(
+        Arc::clone(&gate),
+        Arc::clone(&metrics),
+        config.upstream,
+    ));
+    let proxy_task = tokio::spawn(serve_proxy(
+        proxy_listener,
+        proxy,
+        shutdown_rx,
+        config.limits,
+    ));
+    let admin_task = tokio::spawn(serve_admin(
+        admin_listener,
+        Arc::clone(&gate),
+        Arc::clone(&metrics),
+    ));
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        gate,
+        metrics,
+        shutdown,
+        proxy_task,
+        admin_task,
+    })
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = Arc::clone(&proxy);
+                let service = service_fn(move |request| Arc::clone(&proxy).handle(request, peer));
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(drain_timeout = ?limits.drain_timeout, "draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!("drain timeout reached with connections still open");
+        }
+    }
+}
+
+fn is_ready(gate: &Gate) -> bool {
+    gate.active
+        .load()
+        .as_ref()
+        .is_some_and(|active| active.keys_ready(&gate.keys))
+}
+
+async fn serve_admin(listener: TcpListener, gate: Arc<Gate>, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let gate = Arc::clone(&gate);
+        let metrics = Arc::clone(&metrics);
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let response = admin_response(request.uri().path(), &gate, &metrics);
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(path: &str, gate: &Gate, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/live" => (StatusCode::OK, "text/plain", "live\n".to_owned()),
+        "/ready" => readiness(gate),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// `/ready`: 200 once some key can verify tokens; the body says what each source is doing,
+/// so `curl /ready` answers "why is my pod not ready".
+fn readiness(gate: &Gate) -> (StatusCode, &'static str, String) {
+    let active = gate.active.load_full();
+    let Some(active) = active else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no policy selects this pod\n".to_owned(),
+        );
+    };
+    let max_stale = gate.keys.settings().max_stale;
+    let mut body = format!(
+        "policy {} (version {})\n",
+        active.policy.name, active.version
+    );
+    body.push_str(&format!(
+        "static keys: {}\n",
+        active.policy.verification.static_keys.len()
+    ));
+    for source in &active.sources {
+        match (source.current(max_stale), source.last_error()) {
+            (Some(keys), err) => body.push_str(&format!(
+                "{}: {} keys, fetched {}s ago{}\n",
+                source.id,
+                keys.keys.len(),
+                keys.fetched_at.elapsed().as_secs(),
+                err.map(|e| format!(", last refresh failed: {e}"))
+                    .unwrap_or_default()
+            )),
+            (None, Some(err)) => body.push_str(&format!("{}: no keys: {err}\n", source.id)),
+            (None, None) => body.push_str(&format!("{}: not fetched yet\n", source.id)),
+        }
+    }
+    if active.keys_ready(&gate.keys) {
+        (StatusCode::OK, "text/plain", format!("ready\n{body}"))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: no usable keys yet\n{body}"),
+        )
+    }
+}
