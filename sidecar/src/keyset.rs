@@ -352,16 +352,24 @@ pub struct KeyView<'a> {
 }
 
 impl KeyView<'_> {
-    /// Keys that may verify a token with this `kid` and algorithm. With a `kid`, only keys of
-    /// that id; without one, every key that fits the algorithm (as APIM does).
+    /// Keys that may verify a token with this `kid` and algorithm. With a `kid`, the keys of
+    /// that id, or failing those the keys given without an id; without a `kid`, every key that
+    /// fits the algorithm (as APIM does).
     pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&VerificationKey> {
-        self.all()
-            .filter(|key| key.fits(alg))
-            .filter(|key| match kid {
-                Some(kid) => key.kid.as_deref() == Some(kid),
-                None => true,
-            })
-            .collect()
+        let fitting = || self.all().filter(move |key| key.fits(alg));
+        match kid {
+            None => fitting().collect(),
+            Some(kid) => {
+                let named: Vec<_> = fitting()
+                    .filter(|key| key.kid.as_deref() == Some(kid))
+                    .collect();
+                if named.is_empty() {
+                    fitting().filter(|key| key.kid.is_none()).collect()
+                } else {
+                    named
+                }
+            }
+        }
     }
 
     pub fn has_kid(&self, kid: &str) -> bool {
