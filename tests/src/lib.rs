@@ -1,2 +1,5 @@
 //! Test infrastructure shared by every test tier: the test identity provider, the echo upstream
 //! and the local control-plane harness.
+
+pub mod echo;
+pub mod idp;
