@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane
+.PHONY: test lint fmt build controlplane demo
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -12,3 +12,6 @@ lint:
 
 test: lint
 	$(CARGO) test --workspace
+
+demo:
+	scripts/demo.sh

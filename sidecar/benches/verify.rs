@@ -1,0 +1,50 @@
+//! Validation cost per token: signature and claim checks, no network.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::Algorithm;
+use tokengate_policy::{KeyFiles, compile, parse_documents};
+use tokengate_sidecar::keyset::KeyView;
+use tokengate_sidecar::verify::{NoTrace, verify};
+use tokengate_tests::idp::{IdentityProvider, KeyFamily};
+
+struct NoFiles;
+impl KeyFiles for NoFiles {
+    fn read(&self, path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, path.to_owned()))
+    }
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let idp = runtime.block_on(IdentityProvider::start()).expect("identity provider");
+    let rsa = idp.current_key(KeyFamily::Rsa);
+    let p256 = idp.current_key(KeyFamily::EcP256);
+    let text = format!(
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-tests\"]\n    requiredClaims: [{{name: sub}}]\n",
+        rsa.jwk,
+        p256.jwk,
+        idp.issuer()
+    );
+    let doc = parse_documents(&text).expect("policy").remove(0);
+    let policy = compile(&doc, &NoFiles).expect("compiles");
+    let view = KeyView {
+        static_keys: &policy.verification.static_keys,
+        remote: Vec::new(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        let token = idp.token(alg);
+        verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
+        c.bench_function(&format!("verify {alg:?}"), |b| {
+            b.iter(|| verify(black_box(&token), &policy.verification, &view, now, &mut NoTrace))
+        });
+    }
+}
+
+criterion_group!(benches, bench_verify);
+criterion_main!(benches);
