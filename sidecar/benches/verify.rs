@@ -12,13 +12,18 @@ use tokengate_tests::idp::{IdentityProvider, KeyFamily};
 struct NoFiles;
 impl KeyFiles for NoFiles {
     fn read(&self, path: &str) -> std::io::Result<String> {
-        Err(std::io::Error::new(std::io::ErrorKind::NotFound, path.to_owned()))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.to_owned(),
+        ))
     }
 }
 
 fn bench_verify(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let idp = runtime.block_on(IdentityProvider::start()).expect("identity provider");
+    let idp = runtime
+        .block_on(IdentityProvider::start())
+        .expect("identity provider");
     let rsa = idp.current_key(KeyFamily::Rsa);
     let p256 = idp.current_key(KeyFamily::EcP256);
     let text = format!(
@@ -33,15 +38,21 @@ fn bench_verify(c: &mut Criterion) {
         static_keys: &policy.verification.static_keys,
         remote: Vec::new(),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let token = idp.token(alg);
+        // Taken after minting: the token's nbf is its minting second.
+        let now = tokengate_sidecar::gate::unix_now() + 1.0;
         verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
         c.bench_function(&format!("verify {alg:?}"), |b| {
-            b.iter(|| verify(black_box(&token), &policy.verification, &view, now, &mut NoTrace))
+            b.iter(|| {
+                verify(
+                    black_box(&token),
+                    &policy.verification,
+                    &view,
+                    now,
+                    &mut NoTrace,
+                )
+            })
         });
     }
 }
