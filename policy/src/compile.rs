@@ -360,7 +360,7 @@ impl Compiler<'_> {
         }
         let allow_unsigned = none_listed && !jwt.require_signed_tokens;
         let has_keys = !remote_sources.is_empty() || !jwt.issuer_signing_keys.is_empty();
-        if !has_keys && !(allow_unsigned && algorithms.is_empty()) {
+        if !(has_keys || (allow_unsigned && algorithms.is_empty())) {
             self.error(
                 base,
                 "no keys: give at least one of openidConfigs, jwksUris or issuerSigningKeys",

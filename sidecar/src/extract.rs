@@ -79,9 +79,7 @@ fn from_header(rules: &Extraction, headers: &HeaderMap) -> Result<Option<String>
     let token = match &rules.scheme {
         None => value,
         Some(scheme) => {
-            let (given, rest) = value
-                .split_once(|c: char| c == ' ' || c == '\t')
-                .unwrap_or((value, ""));
+            let (given, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
             if !given.eq_ignore_ascii_case(scheme) {
                 return Err(Rejection::new(
                     RejectReason::TokenSchemeInvalid,

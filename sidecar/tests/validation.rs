@@ -578,7 +578,8 @@ async fn required_claims_all_any_separator_nested_array() {
             .status,
         StatusCode::OK
     );
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "all needs every value",
             Box::new(|c| c["roles"] = json!(["Orders.Read"])),
