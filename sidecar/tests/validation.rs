@@ -450,30 +450,14 @@ async fn token_sources_in_order() {
     .await;
     let token = bench.idp.token(Algorithm::RS256);
     // A custom header has no scheme by default: the whole value is the token.
+    let reply = bench.get("/", &[("x-api-token", &token)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
     let reply = bench
-        .send(
-            Request::get(bench.url("/"))
-                .header("x-api-token", &token)
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get(&format!("/q?a=b&access_token={token}"), &[])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     let reply = bench
-        .send(
-            Request::get(bench.url(&format!("/q?a=b&access_token={token}")))
-                .body(Full::default())
-                .expect("request"),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    let reply = bench
-        .send(
-            Request::get(bench.url("/c"))
-                .header("cookie", format!("theme=dark; session={token}"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get("/c", &[("cookie", &format!("theme=dark; session={token}"))])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     // The Authorization header is not a source of this policy.
@@ -487,12 +471,7 @@ async fn scheme_is_case_insensitive() {
     let token = bench.idp.token(Algorithm::RS256);
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let reply = bench
-            .send(
-                Request::get(bench.url("/"))
-                    .header("authorization", format!("{scheme} {token}"))
-                    .body(Full::default())
-                    .expect("request"),
-            )
+            .get("/", &[("authorization", &format!("{scheme} {token}"))])
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{scheme}");
     }
@@ -713,13 +692,13 @@ async fn claims_become_headers_and_forged_copies_are_dropped() {
         idp.sign(Algorithm::RS256, &c)
     };
     let reply = bench
-        .send(
-            Request::get(bench.url("/"))
-                .header("authorization", format!("Bearer {token}"))
-                .header("x-user-id", "forged")
-                .header("x-absent", "forged")
-                .body(Full::default())
-                .expect("request"),
+        .get(
+            "/",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-user-id", "forged"),
+                ("x-absent", "forged"),
+            ],
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -734,14 +713,7 @@ async fn claims_become_headers_and_forged_copies_are_dropped() {
     assert!(echoed.header("authorization").is_none(), "token stripped");
 
     // Even where authentication is off, clients cannot inject the claim headers.
-    let reply = bench
-        .send(
-            Request::get(bench.url("/open"))
-                .header("x-user-id", "forged")
-                .body(Full::default())
-                .expect("request"),
-        )
-        .await;
+    let reply = bench.get("/open", &[("x-user-id", "forged")]).await;
     assert!(reply.echoed().header("x-user-id").is_none());
 }
 
@@ -756,20 +728,11 @@ async fn token_stripped_from_query_and_cookie() {
     .await;
     let token = bench.idp.token(Algorithm::ES256);
     let reply = bench
-        .send(
-            Request::get(bench.url(&format!("/q?a=1&access_token={token}&b=2")))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get(&format!("/q?a=1&access_token={token}&b=2"), &[])
         .await;
     assert_eq!(reply.echoed().query.as_deref(), Some("a=1&b=2"));
     let reply = bench
-        .send(
-            Request::get(bench.url("/c"))
-                .header("cookie", format!("a=1; session={token}"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get("/c", &[("cookie", &format!("a=1; session={token}"))])
         .await;
     assert_eq!(reply.echoed().header("cookie"), Some("a=1"));
 }

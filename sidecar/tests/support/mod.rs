@@ -134,6 +134,16 @@ impl Bench {
         .await
     }
 
+    /// `GET path` with these headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Full::default()).expect("request"))
+            .await
+    }
+
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
