@@ -76,6 +76,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
 
+    /// How often policy and pod-label files are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
     /// Time a client has to send its request headers.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
@@ -176,6 +180,7 @@ impl RunArgs {
                 drain_timeout: self.drain_timeout,
             },
             extra_ca: self.keys.extra_ca_file,
+            reload_interval: self.reload_interval,
         }
     }
 }

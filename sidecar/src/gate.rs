@@ -1,6 +1,7 @@
 //! The decision for one request: route, token, verification, route claims.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -70,6 +71,8 @@ impl PermitBasis {
 pub struct Gate {
     pub active: ArcSwapOption<ActivePolicy>,
     pub keys: Arc<KeyCache>,
+    /// Policy versions applied so far.
+    pub versions: AtomicU64,
 }
 
 impl Gate {
@@ -77,6 +80,7 @@ impl Gate {
         Self {
             active: ArcSwapOption::empty(),
             keys,
+            versions: AtomicU64::new(0),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod load;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;
+pub mod reload;
 pub mod server;
 pub mod verify;
 

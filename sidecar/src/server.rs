@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,11 +16,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gate::{ActivePolicy, Gate};
+use crate::gate::Gate;
 use crate::keyset::{KeyCache, KeySettings};
-use crate::load::{load_pod_labels, load_policy_files, select_policy};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamSettings};
+use crate::reload::{PolicyInputs, reload, watch_inputs};
 
 /// Connection limits of the proxy listener.
 #[derive(Clone, Debug)]
@@ -53,6 +52,8 @@ pub struct SidecarConfig {
     pub keys: KeySettings,
     pub limits: Limits,
     pub extra_ca: Option<PathBuf>,
+    /// How often policy and label files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// A started sidecar. Dropping it does not stop it; call [`Running::shutdown`].
@@ -79,9 +80,7 @@ impl Running {
     }
 }
 
-static VERSIONS: AtomicU64 = AtomicU64::new(0);
-
-/// Loads the policy, binds both listeners and starts serving. Keys are fetched in the
+/// Loads the policy, binds both listeners, starts serving and watching the policy files. Keys are fetched in the
 /// background; until they arrive requests are refused with `KeysUnavailable` and `/ready`
 /// says not ready.
 pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
@@ -93,48 +92,11 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
     )?;
     let gate = Arc::new(Gate::new(Arc::clone(&keys)));
 
-    let policies = load_policy_files(&config.policy_files);
-    let policies = match policies {
-        Ok(policies) => {
-            metrics.policy_reloads.with_label_values(&["success"]).inc();
-            policies
-        }
-        Err(err) => {
-            metrics.policy_reloads.with_label_values(&["error"]).inc();
-            return Err(err);
-        }
+    let inputs = PolicyInputs {
+        policy_files: config.policy_files.clone(),
+        pod_labels: config.pod_labels.clone(),
     };
-    let labels = config
-        .pod_labels
-        .as_deref()
-        .map(load_pod_labels)
-        .transpose()?;
-    let (chosen, conflicts) = select_policy(policies, labels.as_ref());
-    if !conflicts.is_empty() {
-        tracing::warn!(
-            applied = chosen.as_ref().map(|p| p.name.as_str()),
-            ignored = ?conflicts,
-            "several policies select this pod; the oldest applies"
-        );
-    }
-    match chosen {
-        Some(policy) => {
-            tracing::info!(policy = %policy.name, "policy applied");
-            let sources = keys.sources(&policy.verification.remote_sources);
-            let version = VERSIONS.fetch_add(1, Ordering::Relaxed) + 1;
-            gate.active.store(Some(Arc::new(ActivePolicy {
-                policy,
-                sources,
-                version,
-            })));
-            metrics
-                .policy_generation
-                .set(i64::try_from(version).unwrap_or(i64::MAX));
-        }
-        None => {
-            tracing::warn!("no policy selects this pod; every request is refused with NoPolicy")
-        }
-    }
+    reload(&inputs, &gate, &metrics)?;
 
     let proxy_listener = TcpListener::bind(config.listen)
         .await
@@ -157,6 +119,13 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
         proxy,
         shutdown_rx,
         config.limits,
+    ));
+    tokio::spawn(watch_inputs(
+        inputs,
+        Arc::clone(&gate),
+        Arc::clone(&metrics),
+        config.reload_interval,
+        shutdown.subscribe(),
     ));
     let admin_task = tokio::spawn(serve_admin(
         admin_listener,

@@ -199,6 +199,7 @@ pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
         },
         limits: Limits::default(),
         extra_ca: None,
+        reload_interval: Duration::from_millis(100),
     }
 }
 
