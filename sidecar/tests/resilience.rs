@@ -1,174 +1,266 @@
-//! Faults against real servers: keys rotated under a running sidecar, floods of unknown kids.
+//! Real faults against real servers: identity provider down, keys rotated, sources failing,
+//! a flood of made-up key ids, SIGTERM under load.
 
 mod support;
 
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use jsonwebtoken::Algorithm;
+use serde_json::json;
 use support::Bench;
-use tokengate_tests::idp::{DEFAULT_AUDIENCE, IdentityProvider, KeyFamily};
+use tokengate_tests::echo::{DELAY_HEADER, EchoServer};
+use tokengate_tests::idp::{DEFAULT_AUDIENCE, IdentityProvider, KeyFamily, SignWith};
 
-/// The miss cooldown in the bench configuration.
-const COOLDOWN: Duration = Duration::from_secs(1);
-
-fn discovery(idp: &IdentityProvider) -> String {
+fn jwks(idp: &IdentityProvider) -> String {
     format!(
-        "  validateJwt:\n    openidConfigs: [{{url: \"{}\"}}]\n    audiences: [\"{DEFAULT_AUDIENCE}\"]\n",
-        idp.discovery_url()
+        "  validateJwt:\n    jwksUris: [\"{}\"]\n    audiences: [\"{DEFAULT_AUDIENCE}\"]\n",
+        idp.jwks_url()
     )
 }
 
-/// A valid token with its header replaced by one naming `kid`: the kid is looked up before the
-/// signature is checked, so this exercises the unknown-kid path.
-fn with_kid(token: &str, kid: &str) -> String {
-    let rest = token.split_once('.').map(|(_, rest)| rest).unwrap_or(token);
-    let header = format!(r#"{{"alg":"RS256","typ":"JWT","kid":"{kid}"}}"#);
-    format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header))
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test]
-async fn a_key_published_after_start_is_accepted_on_first_use() {
-    let bench = Bench::start(discovery).await;
-    let before = bench.idp.jwks_fetches();
-    bench.idp.rotate(KeyFamily::Rsa);
-    let token = bench.idp.token(Algorithm::RS256);
+async fn provider_down_at_start_then_up() {
+    let idp = IdentityProvider::start().await.expect("provider");
+    idp.set_available(false);
+    let echo = EchoServer::start().await.expect("echo");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, support::manifest("bench", &jwks(&idp))).expect("policy");
+    let sidecar = tokengate_sidecar::start(support::config(vec![file], &echo))
+        .await
+        .expect("starts without keys");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let call = || {
+        let request = Request::get(format!("http://{}/", sidecar.proxy_addr))
+            .header(
+                "authorization",
+                format!("Bearer {}", idp.token(Algorithm::RS256)),
+            )
+            .body(Full::default())
+            .expect("request");
+        client.request(request)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!sidecar.ready());
+    assert_eq!(
+        call().await.expect("response").status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    idp.set_available(true);
+    until("ready after the provider came up", async || sidecar.ready()).await;
+    assert_eq!(call().await.expect("response").status(), StatusCode::OK);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_published_after_start_works_on_first_use() {
+    let bench = Bench::start(jwks).await;
+    let fetches = bench.idp.jwks_fetches();
+    let kid = bench.idp.rotate(KeyFamily::EcP256);
+    let token = bench
+        .idp
+        .sign_with_kid(&kid, Algorithm::ES256, &bench.idp.claims());
     let reply = bench.get_with_token("/", &token).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    assert_eq!(bench.idp.jwks_fetches() - before, 1, "exactly one refetch");
+    assert_eq!(bench.idp.jwks_fetches() - fetches, 1, "exactly one refetch");
+    // Known now: no further fetches.
+    for _ in 0..20 {
+        assert_eq!(
+            bench.get_with_token("/", &token).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(bench.idp.jwks_fetches() - fetches, 1);
 }
 
-#[tokio::test]
-async fn a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown() {
-    let bench = Arc::new(Bench::start(discovery).await);
-    let valid = bench.idp.token(Algorithm::RS256);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kid_flood_is_bounded_by_the_cooldown() {
+    let bench = std::sync::Arc::new(Bench::start(jwks).await);
     let before = bench.idp.jwks_fetches();
     let started = Instant::now();
+    let mut refused = 0;
     for batch in 0..20 {
-        let mut tasks = Vec::new();
+        let mut calls = Vec::new();
         for i in 0..50 {
-            let bench = Arc::clone(&bench);
-            let token = with_kid(&valid, &format!("random-{batch}-{i}"));
-            tasks.push(tokio::spawn(async move {
-                bench.get_with_token("/", &token).await.status
+            let token = bench.idp.sign_with_header(
+                &json!({"alg": "RS256", "kid": format!("made-up-{batch}-{i}")}),
+                &bench.idp.claims(),
+                SignWith::Current(Algorithm::RS256),
+            );
+            let bench = std::sync::Arc::clone(&bench);
+            calls.push(tokio::spawn(async move {
+                bench.get_with_token("/", &token).await.reason()
             }));
         }
-        for task in tasks {
-            let status = task.await.expect("request task");
-            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        for call in calls {
+            let reason = call.await.expect("request task");
+            assert_eq!(reason, "TokenSignatureKeyNotFound");
+            refused += 1;
         }
     }
     let elapsed = started.elapsed();
     let fetches = bench.idp.jwks_fetches() - before;
-    let allowed = elapsed.as_secs_f64().div_euclid(COOLDOWN.as_secs_f64()) as u64 + 2;
-    println!("1000 random-kid requests in {elapsed:?}: {fetches} JWKS fetches (allowed {allowed})");
+    // The bench's cooldown is 1s.
+    let allowed = elapsed.as_secs() + 1;
+    println!("{refused} random-kid requests in {elapsed:?} caused {fetches} JWKS fetches");
     assert!(fetches <= allowed, "{fetches} fetches in {elapsed:?}");
-    // Known keys still work after the flood.
-    let reply = bench.get_with_token("/", &valid).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // Legitimate tokens are unaffected by the flood.
+    let good = bench.idp.token(Algorithm::RS256);
+    assert_eq!(
+        bench.get_with_token("/", &good).await.status,
+        StatusCode::OK
+    );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+#[tokio::test]
+async fn stale_keys_serve_until_the_maximum_age_then_503() {
+    let bench = Bench::start_with(jwks, |config| {
+        config.keys.refresh_interval = Duration::from_millis(100);
+        config.keys.retry_interval = Duration::from_millis(100);
+        config.keys.max_stale = Duration::from_secs(2);
+    })
+    .await;
+    let token = bench.idp.token(Algorithm::RS256);
+    bench.idp.set_available(false);
+    let down_at = Instant::now();
+    // Keys fetched just before the outage keep working inside the maximum age.
+    assert_eq!(
+        bench.get_with_token("/", &token).await.status,
+        StatusCode::OK
+    );
+    until("stale keys retired", async || {
+        bench.get_with_token("/", &token).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let served_for = down_at.elapsed();
+    assert!(
+        served_for >= Duration::from_millis(1500),
+        "retired too early: {served_for:?}"
+    );
+    assert_eq!(
+        bench.get_with_token("/", &token).await.reason(),
+        "KeysUnavailable"
+    );
+    bench.idp.set_available(true);
+    until("keys back", async || {
+        bench.get_with_token("/", &token).await.status == StatusCode::OK
+    })
+    .await;
 }
 
-/// Kills the sidecar if the test fails before it exits.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+#[tokio::test]
+async fn one_failing_source_does_not_hold_back_another() {
+    let healthy = IdentityProvider::start().await.expect("healthy provider");
+    let failing = IdentityProvider::start().await.expect("failing provider");
+    failing.set_available(false);
+    let (healthy_url, failing_url) = (healthy.jwks_url(), failing.jwks_url());
+    let bench = Bench::start_with(
+        move |_| format!("  validateJwt:\n    jwksUris: [\"{failing_url}\", \"{healthy_url}\"]\n"),
+        |config| {
+            config.keys.refresh_interval = Duration::from_millis(200);
+        },
+    )
+    .await;
+    let token = healthy.token(Algorithm::RS256);
+    assert_eq!(
+        bench.get_with_token("/", &token).await.status,
+        StatusCode::OK
+    );
+    // The healthy source keeps refreshing: a key it rotates in is picked up.
+    let kid = healthy.rotate(KeyFamily::Rsa);
+    let rotated = healthy.sign_with_kid(&kid, Algorithm::RS256, &healthy.claims());
+    until("rotated key used", async || {
+        bench.get_with_token("/", &rotated).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(failing.jwks_fetches() >= 2, "the failing source is retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
+async fn sigterm_drains_in_flight_requests() {
     let idp = IdentityProvider::start().await.expect("provider");
-    let echo = tokengate_tests::echo::EchoServer::start()
-        .await
-        .expect("echo");
+    let echo = EchoServer::start().await.expect("echo");
     let dir = tempfile::tempdir().expect("dir");
-    let policy = dir.path().join("p.yaml");
-    std::fs::write(&policy, support::manifest("term", &discovery(&idp))).expect("policy");
-    let (listen, admin) = (free_port(), free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate-sidecar"))
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, support::manifest("bench", &jwks(&idp))).expect("policy");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port")
+    };
+    let (listen, admin) = (port(), port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate-sidecar"))
         .args(["run", "--policy"])
-        .arg(&policy)
+        .arg(&file)
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream", &echo.url()])
-        .env("TOKENGATE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+        .args(["--upstream", &echo.url(), "--drain-timeout", "10s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
-        .expect("sidecar binary starts");
-    let mut guard = ChildGuard(child);
-    let pid = guard.0.id();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = http::Request::get(format!("http://127.0.0.1:{admin}/ready"))
+        .expect("sidecar binary");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let token = idp.token(Algorithm::RS256);
+    until("sidecar ready", async || {
+        let request = Request::get(format!("http://127.0.0.1:{admin}/ready"))
             .body(Full::default())
             .expect("request");
-        if let Ok(resp) = client.request(ready).await
-            && resp.status() == StatusCode::OK
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sidecar not ready in 20s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token = idp.token(Algorithm::ES256);
+        matches!(client.request(request).await, Ok(r) if r.status() == StatusCode::OK)
+    })
+    .await;
+
     let mut in_flight = Vec::new();
     for _ in 0..20 {
-        let client = client.clone();
-        let request = http::Request::get(format!("http://127.0.0.1:{listen}/slow"))
+        let request = Request::get(format!("http://127.0.0.1:{listen}/slow"))
             .header("authorization", format!("Bearer {token}"))
-            .header(tokengate_tests::echo::DELAY_HEADER, "1000")
+            .header(DELAY_HEADER, "1000")
             .body(Full::default())
             .expect("request");
-        in_flight.push(tokio::spawn(async move {
-            client.request(request).await.map(|r| r.status())
-        }));
+        in_flight.push(tokio::spawn(client.request(request)));
     }
-    // Let the requests reach the upstream before the signal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+    until("requests reached the application", async || {
+        echo.requests() >= 20
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill runs");
-    assert!(status.success());
-    let mut completed = 0;
-    for task in in_flight {
-        let status = task.await.expect("task").expect("in-flight request completes");
-        assert_eq!(status, StatusCode::OK);
-        completed += 1;
-    }
-    println!("SIGTERM: {completed}/20 in-flight requests completed");
-    let exit_deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = guard.0.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < exit_deadline, "sidecar did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "exit status {exit:?}");
-    assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", listen))
+    assert!(killed.success());
+    let mut ok = 0;
+    for request in in_flight {
+        let response = request
             .await
-            .is_err(),
-        "new connections are refused after shutdown"
-    );
+            .expect("task")
+            .expect("in-flight request completed");
+        assert_eq!(response.status(), StatusCode::OK);
+        ok += 1;
+    }
+    assert_eq!(ok, 20);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("exit status");
+    assert!(status.success(), "sidecar exited with {status}");
+    let after = std::net::TcpStream::connect(("127.0.0.1", listen));
+    assert!(after.is_err(), "still accepting after shutdown");
 }
