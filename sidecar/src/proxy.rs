@@ -3,7 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,12 +13,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokengate_policy::claims::claim_header_value;
+use tokio::sync::oneshot;
 
 use crate::extract::strip_token;
 use crate::gate::{ActivePolicy, Gate, Permit};
@@ -48,8 +51,8 @@ pub struct Proxy {
     pub gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
     upstream: UpstreamSettings,
-    http1: Client<HttpConnector, Incoming>,
-    http2: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, UpstreamBody>,
+    http2: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Proxy {
@@ -160,11 +163,21 @@ impl Proxy {
         } else {
             parts.version = Version::HTTP_11;
         }
+        let (body, body_sent) = UpstreamBody::new(body);
         let request = Request::from_parts(parts, body);
         let client = if use_http2 { &self.http2 } else { &self.http1 };
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(self.upstream.response_timeout, client.request(request)).await;
+        let mut response = client.request(request);
+        // The response timeout runs from the end of the request body: an upload takes as long
+        // as the client needs, an application that answers early is not kept waiting.
+        let result = async {
+            tokio::select! {
+                response = &mut response => return Ok(response),
+                _ = body_sent => {}
+            }
+            tokio::time::timeout(self.upstream.response_timeout, response).await
+        }
+        .await;
         self.metrics
             .upstream_duration
             .observe(sent.elapsed().as_secs_f64());
@@ -201,6 +214,53 @@ impl Proxy {
         }
         remove_hop_by_hop(response.headers_mut(), false);
         response.map(|b| b.boxed())
+    }
+}
+
+/// The request body on its way upstream. Says when it has been sent (or abandoned), which is
+/// when the wait for the application's response begins.
+struct UpstreamBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        // An empty body may never be polled; dropping the sender signals at once.
+        let sent = (!inner.is_end_stream()).then_some(tx);
+        (Self { inner, sent }, rx)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let finished = match &polled {
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(_) => true,
+            Poll::Pending => false,
+        };
+        if finished {
+            // Dropping the sender is the signal (a dropped body signals the same way).
+            this.sent = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
