@@ -12,7 +12,9 @@
 #   tests/controlplane/build.sh --update          regenerate the wrapper modules' go.mod/go.sum
 #
 # Version notes (what the Go module proxy serves and what built):
-# - k8s.io/kubernetes v1.36.3 with every staging module replaced by v0.36.3 builds with go1.26.8.
+# - k8s.io/kubernetes v1.36.3 with every staging module replaced by v0.36.3 builds with go1.26.8;
+#   the proxy serves all 33 staging modules at v0.36.3 (cri-streaming and streaming included), so
+#   no neighbouring release or local stub was needed.
 # - go.etcd.io/etcd/server/v3 v3.6.16 builds with go1.26.8 (its `toolchain go1.26.10` line only
 #   applies when it is the main module).
 # - helm.sh/helm/v3 v3.22.0 builds with go1.26.8.
@@ -34,6 +36,15 @@ helm_dir="$cache_root/helm/${HELM_VERSION}"
 export GOFLAGS="-mod=readonly -buildvcs=false"
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
+
+# Set while a build is in progress, removed on any exit so no partial output is left behind.
+tmp_dir=""
+cleanup() { if [[ -n "$tmp_dir" ]]; then rm -rf "$tmp_dir"; fi; }
+trap cleanup EXIT
+
+# Leftovers of builds killed outright (SIGKILL skips the trap); never mistaken for a cache entry,
+# since only the final directory name counts, but they take space.
+remove_stale_tmp() { find "$(dirname "$1")" -maxdepth 1 -name "$(basename "$1").tmp.*" -mmin +180 -exec rm -rf {} + 2>/dev/null || true; }
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -119,9 +130,10 @@ build_controlplane() {
     fi
     require_go
     mkdir -p "$(dirname "$controlplane_dir")"
-    local tmp
-    tmp="$(mktemp -d "$controlplane_dir.tmp.XXXXXX")"
-    trap 'rm -rf "$tmp"' EXIT
+    remove_stale_tmp "$controlplane_dir"
+    tmp_dir="$(mktemp -d "$controlplane_dir.tmp.XXXXXX")"
+    chmod 755 "$tmp_dir"
+    local tmp="$tmp_dir"
 
     local minor="${K8S_VERSION#v1.}"
     minor="${minor%%.*}"
@@ -139,13 +151,13 @@ build_controlplane() {
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
 
     "$tmp/bin/kube-apiserver" --version >&2
-    "$tmp/bin/etcd" --version | head -n1 >&2
+    "$tmp/bin/etcd" --version >&2
     if ! mv -T "$tmp" "$controlplane_dir" 2>/dev/null; then
         # Another build finished first; its result is as good as ours.
         [[ -x "$controlplane_dir/bin/kube-apiserver" ]] || die "could not move binaries into $controlplane_dir"
         rm -rf "$tmp"
     fi
-    trap - EXIT
+    tmp_dir=""
     log "built: $controlplane_dir/bin"
 }
 
@@ -156,9 +168,10 @@ build_helm() {
     fi
     require_go
     mkdir -p "$(dirname "$helm_dir")"
-    local tmp
-    tmp="$(mktemp -d "$helm_dir.tmp.XXXXXX")"
-    trap 'rm -rf "$tmp"' EXIT
+    remove_stale_tmp "$helm_dir"
+    tmp_dir="$(mktemp -d "$helm_dir.tmp.XXXXXX")"
+    chmod 755 "$tmp_dir"
+    local tmp="$tmp_dir"
     log "building helm ${HELM_VERSION}"
     (cd "$here/helm" && go build -trimpath \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
@@ -168,7 +181,7 @@ build_helm() {
         [[ -x "$helm_dir/bin/helm" ]] || die "could not move helm into $helm_dir"
         rm -rf "$tmp"
     fi
-    trap - EXIT
+    tmp_dir=""
     log "built: $helm_dir/bin"
 }
 
