@@ -8,6 +8,7 @@ pub mod keys;
 pub mod routes;
 pub mod selector;
 pub mod spec;
+pub mod status;
 
 pub use compile::{
     CompiledPolicy, Extraction, FieldError, InvalidPolicy, IssuerRule, KeyFiles, RemoteKeySource,
@@ -16,7 +17,8 @@ pub use compile::{
 pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
 pub use keys::{KeyError, VerificationKey};
 pub use selector::LabelSelector;
-pub use spec::TokenPolicySpec;
+pub use spec::{TokenPolicy, TokenPolicySpec};
+pub use status::TokenPolicyStatus;
 
 /// Re-exported so users of the model name algorithms with the same type.
 pub use jsonwebtoken::Algorithm;

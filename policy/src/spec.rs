@@ -10,9 +10,43 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::selector::LabelSelector;
+pub use crate::status::TokenPolicyStatus;
 
 /// Desired token validation for the pods a selector picks.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[derive(
+    kube_derive::CustomResource,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+)]
+#[kube(
+    group = "tokengate.dev",
+    version = "v1alpha1",
+    kind = "TokenPolicy",
+    namespaced,
+    shortname = "tp",
+    category = "tokengate",
+    status = "TokenPolicyStatus",
+    doc = "Bearer-token validation with Azure API Management's validate-jwt and \
+           validate-azure-ad-token semantics, enforced by the tokengate sidecar of the pods \
+           the selector picks.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Mode", "type": "string", "jsonPath": ".status.mode"}"#,
+    printcolumn = r#"{"name": "Selector", "type": "string", "jsonPath": ".status.selector"}"#,
+    printcolumn = r#"{"name": "Pods", "type": "integer", "jsonPath": ".status.selectedPods"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    crates(
+        kube_core = "::kube_core",
+        k8s_openapi = "::k8s_openapi",
+        schemars = "::schemars",
+        serde = "::serde",
+        serde_json = "::serde_json"
+    )
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicySpec {
     /// Pods this policy applies to, by label. Must not be empty: a policy that selects every
@@ -126,14 +160,17 @@ pub struct ValidateJwt {
     /// OpenID Connect discovery documents; their `jwks_uri` keys are trusted, and when
     /// `issuers` is empty, their `issuer` values are the accepted issuers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub openid_configs: Vec<OpenIdConfig>,
 
     /// JSON Web Key Set URLs whose keys are trusted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub jwks_uris: Vec<String>,
 
     /// Keys given in the policy itself (APIM `issuer-signing-keys`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub issuer_signing_keys: Vec<SigningKey>,
 
     /// Accepted `iss` values (any of). Empty: the discovery documents' issuers, or any issuer

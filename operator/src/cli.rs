@@ -1,0 +1,198 @@
+//! `tokengate-operator`: command line and process wiring.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::runtime::events::Reporter;
+use tokengate_sidecar::keyset::{KeyCache, KeySettings};
+
+use crate::admin::{self, Health};
+use crate::controller::{self, Timing};
+use crate::leader::{LeaderElector, LeaseSettings};
+use crate::metrics::Metrics;
+
+/// Reconciles TokenPolicy resources into the bundles tokengate sidecars enforce. Runs in a
+/// cluster (service-account credentials) or from KUBECONFIG.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tokengate-operator", version)]
+pub struct Cli {
+    /// Address of the admin server (`/live`, `/ready`, `/metrics`).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "TOKENGATE_ADMIN")]
+    pub admin: SocketAddr,
+
+    /// Elect a leader through a Lease, so several replicas can run; only the leader reconciles.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "TOKENGATE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tokengate-system")]
+    pub lease_namespace: String,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "tokengate-operator")]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often each key source in use is fetched again to keep `KeysResolved` current (a
+    /// failed source is retried every 10s).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub key_recheck: Duration,
+
+    /// Timeout of one key-source check (discovery and JWKS together).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub key_fetch_timeout: Duration,
+
+    /// PEM bundle trusted besides the system roots when checking key sources.
+    #[arg(long)]
+    pub extra_ca_file: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs until SIGTERM/SIGINT (exit 0) or until leadership is lost (error: the process exits
+/// and its restart stands by as a candidate again).
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let health = Arc::new(Health::default());
+    let admin_addr = admin::serve(cli.admin, Arc::clone(&health), Arc::clone(&metrics)).await?;
+    tracing::info!(admin = %admin_addr, "admin server listening");
+
+    let identity = cli.identity.clone().unwrap_or_else(default_identity);
+    let elector = cli.leader_elect.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            LeaseSettings {
+                namespace: cli.lease_namespace.clone(),
+                name: cli.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: cli.lease_duration,
+                retry_period: (cli.lease_duration / 5).max(Duration::from_millis(500)),
+            },
+        )
+    });
+    let shutdown = wait_for_signal();
+    tokio::pin!(shutdown);
+
+    if let Some(elector) = &elector {
+        // A standby replica is healthy: ready, not leading.
+        health.set_ready(true);
+        tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    health.set_leader(true);
+
+    let key_metrics = Arc::new(
+        tokengate_sidecar::metrics::Metrics::new().context("registering key-check metrics")?,
+    );
+    let keys = KeyCache::new(
+        KeySettings {
+            refresh_interval: cli.key_recheck,
+            retry_interval: Duration::from_secs(10),
+            fetch_timeout: cli.key_fetch_timeout,
+            ..KeySettings::default()
+        },
+        key_metrics,
+        cli.extra_ca_file.as_deref(),
+    )?;
+    let timing = Timing::default();
+    let reporter = Reporter {
+        controller: "tokengate-operator".to_string(),
+        instance: Some(identity),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ready = Arc::clone(&health);
+    let controller = controller::run(
+        client,
+        metrics,
+        keys,
+        timing,
+        reporter,
+        move || ready.set_ready(true),
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
+    tokio::pin!(controller);
+    let hold = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hold);
+    let outcome = tokio::select! {
+        () = &mut controller => Ok(()),
+        lost = &mut hold => lost,
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(());
+            controller.await;
+            Ok(())
+        }
+    };
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    outcome
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "tokengate-operator".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

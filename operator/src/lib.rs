@@ -1,0 +1,11 @@
+//! The tokengate operator: renders the TokenPolicies of each namespace into the bundle its
+//! sidecars read (ConfigMap `tokengate-policies`, Secret `tokengate-keys`), a NetworkPolicy per
+//! policy with private access, and reports status (Ready, KeysResolved, Conflict, Bypass).
+
+pub mod admin;
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod render;
