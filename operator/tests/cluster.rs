@@ -130,10 +130,20 @@ async fn spawn_operator(
     client: &Client,
     identity: &str,
 ) -> Result<(Process, u16), String> {
+    spawn_operator_on_lease(cp, client, identity, "tokengate-operator").await
+}
+
+async fn spawn_operator_on_lease(
+    cp: &ControlPlane,
+    client: &Client,
+    identity: &str,
+    lease: &str,
+) -> Result<(Process, u16), String> {
     let admin = free_port().map_err(|e| format!("{e:#}"))?;
     let mut command = Command::new(OPERATOR);
     command
         .arg(format!("--admin=127.0.0.1:{admin}"))
+        .arg(format!("--lease-name={lease}"))
         .arg(format!("--lease-namespace={SYSTEM_NAMESPACE}"))
         .arg(format!("--identity={identity}"))
         .arg("--lease-duration=4s")
@@ -735,6 +745,59 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() {
         .expect("create");
     wait_condition(&policies, "led", "Ready", "True").await;
     standby.kill();
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    let (client, namespace, _) = setup("takeover").await;
+    let cp = ControlPlane::shared().await.expect("control plane");
+    // A lease of their own, so the shared operator is not disturbed.
+    let lease = format!("takeover-{namespace}");
+    let (mut first, first_admin) = spawn_operator_on_lease(cp, &client, "first", &lease)
+        .await
+        .expect("first replica");
+    wait_until(TIMEOUT, "the first replica to lead", || async {
+        Ok(admin_get(first_admin, "/ready")
+            .await
+            .contains("ready (leader)"))
+    })
+    .await
+    .expect("first leads");
+    let (mut second, second_admin) = spawn_operator_on_lease(cp, &client, "second", &lease)
+        .await
+        .expect("second replica");
+    wait_until(TIMEOUT, "the second replica to stand by", || async {
+        Ok(admin_get(second_admin, "/ready")
+            .await
+            .contains("ready (standby)"))
+    })
+    .await
+    .expect("second stands by");
+
+    // Killed outright: no release, so the lease must expire (4 s) before the standby leads.
+    let killed = Instant::now();
+    first.kill();
+    wait_until(TIMEOUT, "the standby to take over", || async {
+        Ok(admin_get(second_admin, "/ready")
+            .await
+            .contains("ready (leader)"))
+    })
+    .await
+    .expect("takeover");
+    let takeover = killed.elapsed();
+    assert!(
+        takeover >= Duration::from_secs(2),
+        "not before the lease expired: {takeover:?}"
+    );
+    let holder = Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .get(&lease)
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("second"));
+    eprintln!("standby took over {takeover:?} after the leader was killed");
+    second.kill();
 }
 
 /// Reconcile time and operator RSS with 1,000 TokenPolicies across 100 namespaces. A
