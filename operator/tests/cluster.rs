@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokengate_policy::TokenPolicy;
-use tokengate_tests::cluster::{ControlPlane, Process, free_port, wait_until};
+use tokengate_tests::cluster::{ControlPlane, Process, apply_crd, free_port, wait_until};
 use tokengate_tests::idp::IdentityProvider;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tokengate-operator");
@@ -56,19 +56,9 @@ async fn install(cp: &'static ControlPlane, client: &Client) -> Result<Operator,
     let crd: CustomResourceDefinition =
         serde_yaml::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
             .map_err(|e| format!("CRD file: {e}"))?;
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    apply(&crds, "tokenpolicies.tokengate.dev", &crd).await?;
-    wait_until(TIMEOUT, "the CRD to be Established", || async {
-        let crd = crds.get("tokenpolicies.tokengate.dev").await?;
-        Ok(crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True"))
-    })
-    .await
-    .map_err(|e| format!("{e:#}"))?;
+    apply_crd(client, &crd)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
 
     let namespace: Namespace = from_json(
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}),

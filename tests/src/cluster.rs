@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 
 pub use kubeconfig::{Credentials, client_from_kubeconfig, write_kubeconfig};
 pub use pki::{CertificateAuthority, CertifiedKey};
@@ -519,6 +520,38 @@ where
     Fut: std::future::Future<Output = Result<bool>>,
 {
     wait_blocking(cp, STARTUP_TIMEOUT, what, || runtime.block_on(ready()))
+}
+
+/// Applies a CustomResourceDefinition (server-side, as field manager `tokengate-tests`) and
+/// waits until the API server reports it Established.
+pub async fn apply_crd(client: &kube::Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let name = crd
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| anyhow!("the CRD has no name"))?;
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.patch(
+        &name,
+        &PatchParams::apply("tokengate-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .with_context(|| format!("applying CRD {name}"))?;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("CRD {name} to be Established"),
+        || async {
+            let crd = crds.get(&name).await?;
+            Ok(crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"))
+        },
+    )
+    .await
 }
 
 /// Polls `ready` every 100 ms until it returns `Ok(true)`; an `Err` ends the wait at once.

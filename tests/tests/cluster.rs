@@ -23,7 +23,7 @@ use tokengate_tests::cluster::podrunner::{PodRunnerOptions, RunningPod};
 use tokengate_tests::cluster::webhook::{
     WebhookRegistration, WebhookServer, dry_run_create, patch_response,
 };
-use tokengate_tests::cluster::{ControlPlane, wait_until};
+use tokengate_tests::cluster::{ControlPlane, apply_crd, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -82,25 +82,7 @@ async fn custom_resource_round_trips_through_a_crd() {
             }],
         },
     }));
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    crds.patch(
-        "widgets.test.tokengate.dev",
-        &PatchParams::apply("tokengate-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    wait_until(TIMEOUT, "the CRD to be Established", || async {
-        let crd = crds.get("widgets.test.tokengate.dev").await?;
-        Ok(crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True"))
-    })
-    .await
-    .expect("CRD established");
+    apply_crd(&client, &crd).await.expect("CRD established");
 
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("test.tokengate.dev", "v1", "Widget"),
