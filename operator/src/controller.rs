@@ -56,7 +56,7 @@ impl Default for Timing {
             error_retry: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
             concurrency: 8,
-            reconcile_timeout: Duration::from_secs(10),
+            reconcile_timeout: Duration::from_secs(30),
         }
     }
 }
