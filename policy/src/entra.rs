@@ -327,7 +327,8 @@ pub struct EntraIdentity {
 
 /// Why an Entra check refused a token. `detail` is for the log and `check`: it may name the
 /// issuer, tenant and client application, never other token contents. `hint` is a fixed phrase
-/// safe for the client's `WWW-Authenticate` description.
+/// safe for the client's `WWW-Authenticate` description: it names claims and versions, never
+/// values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntraFailure {
     Issuer {
@@ -336,6 +337,7 @@ pub enum EntraFailure {
     },
     ClientApplication {
         detail: String,
+        hint: &'static str,
     },
 }
 
@@ -442,6 +444,10 @@ impl EntraRules {
             };
             return Err(EntraFailure::ClientApplication {
                 detail: format!("{version} token has no {claim} claim{note}"),
+                hint: match version {
+                    TokenVersion::V1 => "the v1.0 token names no client application (appid)",
+                    TokenVersion::V2 => "the v2.0 token names no client application (azp)",
+                },
             });
         };
         if self
@@ -453,6 +459,10 @@ impl EntraRules {
         } else {
             Err(EntraFailure::ClientApplication {
                 detail: format!("{claim} {value} is not in clientApplicationIds"),
+                hint: match version {
+                    TokenVersion::V1 => "the client application in appid is not allowed",
+                    TokenVersion::V2 => "the client application in azp is not allowed",
+                },
             })
         }
     }
@@ -824,14 +834,16 @@ mod tests {
             both.check_client(&v1, TokenVersion::V2),
             Err(EntraFailure::ClientApplication {
                 detail: "v2.0 token has no azp claim (it has appid, which v2.0 tokens do not use)"
-                    .into()
+                    .into(),
+                hint: "the v2.0 token names no client application (azp)",
             })
         );
         let stranger = claims(json!({ "azp": OTHER }));
         assert_eq!(
             both.check_client(&stranger, TokenVersion::V2),
             Err(EntraFailure::ClientApplication {
-                detail: format!("azp {OTHER} is not in clientApplicationIds")
+                detail: format!("azp {OTHER} is not in clientApplicationIds"),
+                hint: "the client application in azp is not allowed",
             })
         );
     }

@@ -101,7 +101,8 @@ pub enum Stage {
     Authorization,
 }
 
-/// A refused request: the reason, and a detail safe to log (names, never values).
+/// A refused request: the reason, and a detail safe to log: claim names and identifiers (`iss`,
+/// `kid`, `alg`; in Entra mode the tenant and the client application id), never other values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: RejectReason,

@@ -387,8 +387,9 @@ fn entra_rejection(failure: EntraFailure) -> Rejection {
         EntraFailure::Issuer { detail, hint } => {
             Rejection::new(RejectReason::TokenIssuerNotAllowed, detail).with_hint(hint)
         }
-        EntraFailure::ClientApplication { detail } => {
+        EntraFailure::ClientApplication { detail, hint } => {
             Rejection::new(RejectReason::TokenClientApplicationNotAllowed, detail)
+                .with_hint(Some(hint))
         }
     }
 }

@@ -1147,3 +1147,72 @@ async fn demo_binaries_serve_and_mint() {
     assert_eq!(answer.json()["path"], "/hi");
     echo.kill().await.expect("echo stops");
 }
+
+#[tokio::test]
+async fn demo_binary_acts_as_entra() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+
+    let mut idp = Command::new(env!("CARGO_BIN_EXE_tokengate-idp"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--client",
+            "cli:pw",
+            "--entra-tenant",
+            HOME_TENANT,
+            "--entra-api",
+            ORDERS_API,
+            "--entra-api",
+            &format!("{LEGACY_API}:1"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("idp binary starts");
+    let stdout = idp.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let issuer = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("issuer printed in time")
+        .expect("stdout readable")
+        .expect("a line");
+    assert!(
+        issuer.starts_with("http://127.0.0.1:")
+            && issuer.ends_with(&format!("/{HOME_TENANT}/v2.0")),
+        "{issuer}"
+    );
+
+    for (api, ver, aud) in [
+        (ORDERS_API, "2.0", ORDERS_API.to_owned()),
+        (LEGACY_API, "1.0", format!("api://{LEGACY_API}")),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate-idp"))
+            .args([
+                "token",
+                "--issuer",
+                &issuer,
+                "--client-id",
+                "cli",
+                "--client-secret",
+                "pw",
+                "--scope",
+                &format!("api://{api}/.default"),
+            ])
+            .output()
+            .await
+            .expect("token subcommand runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout).expect("utf-8");
+        let claims = decode_segment(token.trim().split('.').nth(1).expect("payload"));
+        assert_eq!(claims["ver"], ver);
+        assert_eq!(claims["aud"], aud.as_str());
+        assert_eq!(claims["tid"], HOME_TENANT);
+    }
+    idp.kill().await.expect("idp stops");
+}
