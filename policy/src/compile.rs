@@ -920,12 +920,12 @@ mod tests {
     #[test]
     fn entra_mistakes_are_named_with_their_field() {
         let errs = errors(
-            "  selector: {matchLabels: {app: a}}\n  validateAzureAdToken:\n    tenantId: contoso.onmicrosoft.com\n    authenticationEndpoint: http://login.microsoftonline.com\n    backendApplicationIds: [orders]\n    tokenVersions: [\"3.0\"]\n    allowedTenants: [x]\n",
+            "  selector: {matchLabels: {app: a}}\n  validateAzureAdToken:\n    tenantId: contoso_corp\n    authenticationEndpoint: http://login.microsoftonline.com\n    backendApplicationIds: [orders]\n    tokenVersions: [\"3.0\"]\n    allowedTenants: [x]\n",
         )
         .join("\n");
         for expected in [
             "spec.validateAzureAdToken.authenticationEndpoint: \"http://login.microsoftonline.com\": http is accepted only for loopback hosts",
-            "spec.validateAzureAdToken.tenantId: \"contoso.onmicrosoft.com\" is not a directory (tenant) id",
+            "spec.validateAzureAdToken.tenantId: \"contoso_corp\" is not a directory (tenant) id, a verified domain",
             "spec.validateAzureAdToken.tokenVersions[0]: unknown access-token version \"3.0\"",
             "spec.validateAzureAdToken.clientApplicationIds: list at least one client application",
             "spec.validateAzureAdToken.backendApplicationIds[0]: \"orders\" is not an application id",

@@ -189,6 +189,10 @@ impl Authority {
 pub enum TenantRule {
     /// One directory, by its id (lower case).
     Single(String),
+    /// One directory, by a verified domain such as `contoso.onmicrosoft.com` (lower case), as
+    /// APIM's `tenant-id` allows. Tokens name their tenant by id: the id is the one the
+    /// domain's discovery document names in its `issuer`.
+    Domain(String),
     /// `organizations` or `common`: any directory whose id matches the token's issuer, limited
     /// to `allowed` (lower case) when that is not empty.
     Multi {
@@ -201,16 +205,18 @@ impl TenantRule {
     /// The path segment of the discovery and key URLs.
     pub fn path_segment(&self) -> &str {
         match self {
-            Self::Single(id) => id,
+            Self::Single(id) | Self::Domain(id) => id,
             Self::Multi { keyword, .. } => keyword,
         }
     }
 
     /// How issuers are written in messages: the tenant id, or a placeholder.
-    fn issuer_tenant(&self) -> &str {
-        match self {
-            Self::Single(id) => id,
-            Self::Multi { .. } => "{tenant}",
+    fn issuer_tenant(&self, resolved: Option<&str>) -> String {
+        match (self, resolved) {
+            (Self::Single(id), _) => id.clone(),
+            (Self::Domain(_), Some(id)) => id.to_owned(),
+            (Self::Domain(domain), None) => format!("{{id of {domain}}}"),
+            (Self::Multi { .. }, _) => "{tenant}".to_owned(),
         }
     }
 }
@@ -222,7 +228,12 @@ pub fn parse_tenant(
 ) -> Result<TenantRule, Vec<(String, String)>> {
     let mut errors = Vec::new();
     let trimmed = tenant_id.trim();
+    // APIM also takes the tenant as a URL, `https://contoso.onmicrosoft.com`.
     let lower = trimmed.to_ascii_lowercase();
+    let lower = lower
+        .strip_prefix("https://")
+        .map_or(lower.as_str(), |host| host.trim_end_matches('/'))
+        .to_owned();
     let rule = if lower == "organizations" || lower == "common" {
         let mut allowed = Vec::new();
         for (i, tenant) in allowed_tenants.iter().enumerate() {
@@ -242,14 +253,18 @@ pub fn parse_tenant(
             keyword: lower,
             allowed,
         })
-    } else if is_guid(&lower) {
+    } else if is_guid(&lower) || is_domain(&lower) {
         if !allowed_tenants.is_empty() {
             errors.push((
                 "allowedTenants".to_owned(),
                 "applies only to multi-tenant policies (tenantId organizations or common); a single tenant is given by tenantId alone".to_owned(),
             ));
         }
-        Some(TenantRule::Single(lower))
+        Some(if is_guid(&lower) {
+            TenantRule::Single(lower)
+        } else {
+            TenantRule::Domain(lower)
+        })
     } else if lower.is_empty() {
         errors.push((
             "tenantId".to_owned(),
@@ -266,7 +281,7 @@ pub fn parse_tenant(
         errors.push((
             "tenantId".to_owned(),
             format!(
-                "{trimmed:?} is not a directory (tenant) id: give the GUID shown in the tenant's overview (tokens name their tenant by id, so a domain name cannot be matched), or organizations / common"
+                "{trimmed:?} is not a directory (tenant) id, a verified domain (contoso.onmicrosoft.com), organizations or common"
             ),
         ));
         None
@@ -343,13 +358,23 @@ pub enum EntraFailure {
 
 impl EntraRules {
     /// `iss`, `ver` and `tid`: the token comes from this authority, in an accepted version,
-    /// from an accepted tenant, and its `tid` agrees with its issuer.
-    pub fn check_issuer(&self, claims: &Map<String, Value>) -> Result<EntraIdentity, EntraFailure> {
+    /// from an accepted tenant, and its `tid` agrees with its issuer. `discovery_issuer` is the
+    /// `issuer` of the fetched discovery document, which names the tenant of a
+    /// [`TenantRule::Domain`].
+    pub fn check_issuer(
+        &self,
+        claims: &Map<String, Value>,
+        discovery_issuer: Option<&str>,
+    ) -> Result<EntraIdentity, EntraFailure> {
+        let resolved = self.resolved_tenant(discovery_issuer);
         let issuer_failure =
             |detail: String, hint: Option<&'static str>| EntraFailure::Issuer { detail, hint };
         let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
             return Err(issuer_failure(
-                format!("iss is missing; expected {}", self.expected_issuers()),
+                format!(
+                    "iss is missing; expected {}",
+                    self.expected_issuers(resolved.as_deref())
+                ),
                 None,
             ));
         };
@@ -358,7 +383,7 @@ impl EntraRules {
                 format!(
                     "iss {iss} is not a Microsoft Entra issuer of {}; expected {}",
                     self.authority.endpoint,
-                    self.expected_issuers()
+                    self.expected_issuers(resolved.as_deref())
                 ),
                 Some("the token is not from the expected Microsoft Entra authority"),
             ));
@@ -376,29 +401,49 @@ impl EntraRules {
             }
         }
         if !self.versions.contains(&version) {
-            return Err(self.version_refused(version, iss));
+            return Err(self.version_refused(version, iss, resolved.as_deref()));
         }
         let issuer_tenant = issuer_tenant.to_ascii_lowercase();
-        match &self.tenant {
-            TenantRule::Single(expected) if *expected != issuer_tenant => {
-                return Err(issuer_failure(
-                    format!(
-                        "token from tenant {issuer_tenant} (iss {iss}); this policy accepts tenant {expected} only"
-                    ),
-                    Some("the token was issued by another tenant"),
-                ));
-            }
-            TenantRule::Multi { keyword, allowed }
-                if !allowed.is_empty() && !allowed.contains(&issuer_tenant) =>
-            {
-                return Err(issuer_failure(
-                    format!(
-                        "token from tenant {issuer_tenant} (iss {iss}), which is not in allowedTenants of this {keyword} policy"
-                    ),
-                    Some("the token was issued by a tenant that is not allowed"),
-                ));
-            }
-            _ => {}
+        let expected = match &self.tenant {
+            TenantRule::Single(id) => Some(id.as_str()),
+            TenantRule::Domain(_) => resolved.as_deref(),
+            TenantRule::Multi { .. } => None,
+        };
+        if let TenantRule::Domain(domain) = &self.tenant
+            && expected.is_none()
+        {
+            return Err(issuer_failure(
+                format!(
+                    "the tenant id of {domain} is not known: its discovery document names no {} issuer",
+                    self.authority.endpoint
+                ),
+                None,
+            ));
+        }
+        if let Some(expected) = expected
+            && expected != issuer_tenant
+        {
+            let named = match &self.tenant {
+                TenantRule::Domain(domain) => format!("{expected} ({domain})"),
+                _ => expected.to_owned(),
+            };
+            return Err(issuer_failure(
+                format!(
+                    "token from tenant {issuer_tenant} (iss {iss}); this policy accepts tenant {named} only"
+                ),
+                Some("the token was issued by another tenant"),
+            ));
+        }
+        if let TenantRule::Multi { keyword, allowed } = &self.tenant
+            && !allowed.is_empty()
+            && !allowed.contains(&issuer_tenant)
+        {
+            return Err(issuer_failure(
+                format!(
+                    "token from tenant {issuer_tenant} (iss {iss}), which is not in allowedTenants of this {keyword} policy"
+                ),
+                Some("the token was issued by a tenant that is not allowed"),
+            ));
         }
         match claims.get("tid").and_then(Value::as_str) {
             Some(tid) if tid.eq_ignore_ascii_case(&issuer_tenant) => {}
@@ -479,12 +524,27 @@ impl EntraRules {
         }
     }
 
-    fn version_refused(&self, got: TokenVersion, iss: &str) -> EntraFailure {
-        let tenant = self.tenant.issuer_tenant();
+    /// The directory id a domain policy stands for, from the discovery document's issuer.
+    pub fn resolved_tenant(&self, discovery_issuer: Option<&str>) -> Option<String> {
+        match &self.tenant {
+            TenantRule::Domain(_) => discovery_issuer
+                .and_then(|iss| self.authority.classify_issuer(iss))
+                .map(|(_, tenant)| tenant.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
+
+    fn version_refused(
+        &self,
+        got: TokenVersion,
+        iss: &str,
+        resolved: Option<&str>,
+    ) -> EntraFailure {
+        let tenant = self.tenant.issuer_tenant(resolved);
         let wanted: Vec<String> = self
             .versions
             .iter()
-            .map(|v| format!("{v} tokens (iss {})", self.authority.issuer(*v, tenant)))
+            .map(|v| format!("{v} tokens (iss {})", self.authority.issuer(*v, &tenant)))
             .collect();
         let advice = match got {
             TokenVersion::V1 => {
@@ -506,14 +566,14 @@ impl EntraRules {
         }
     }
 
-    /// The accepted issuers, for messages.
-    pub fn expected_issuers(&self) -> String {
-        let tenant = self.tenant.issuer_tenant();
+    /// The accepted issuers, for messages; `resolved` is a domain policy's tenant id.
+    pub fn expected_issuers(&self, resolved: Option<&str>) -> String {
+        let tenant = self.tenant.issuer_tenant(resolved);
         let mut list: Vec<String> = self
             .versions
             .iter()
             .rev()
-            .map(|v| format!("{v} issuer {}", self.authority.issuer(*v, tenant)))
+            .map(|v| format!("{v} issuer {}", self.authority.issuer(*v, &tenant)))
             .collect();
         if let TenantRule::Multi { allowed, .. } = &self.tenant
             && !allowed.is_empty()
@@ -522,6 +582,21 @@ impl EntraRules {
         }
         list.join(" or ")
     }
+}
+
+/// A DNS name with at least two labels, as verified domains are.
+fn is_domain(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').count() >= 2
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A directory or application id: a GUID in its 8-4-4-4-12 form.
@@ -686,8 +761,19 @@ mod tests {
                 allowed: vec![TENANT.to_owned()]
             })
         );
-        let err = parse_tenant("contoso.onmicrosoft.com", &[]).expect_err("domain");
-        assert!(err[0].1.contains("not a directory (tenant) id"), "{err:?}");
+        assert_eq!(
+            parse_tenant("Contoso.onmicrosoft.com", &[]),
+            Ok(TenantRule::Domain("contoso.onmicrosoft.com".into()))
+        );
+        assert_eq!(
+            parse_tenant("https://contoso.onmicrosoft.com/", &[]),
+            Ok(TenantRule::Domain("contoso.onmicrosoft.com".into()))
+        );
+        let err = parse_tenant("contoso", &[]).expect_err("no domain");
+        assert!(
+            err[0].1.contains("is not a directory (tenant) id"),
+            "{err:?}"
+        );
         let err = parse_tenant(TENANT, &[OTHER.to_owned()]).expect_err("allowed on single");
         assert_eq!(err[0].0, "allowedTenants");
         let err = parse_tenant("common", &["contoso".to_owned()]).expect_err("bad allowed");
@@ -728,7 +814,8 @@ mod tests {
         let v1_token = claims(json!({
             "iss": format!("https://sts.windows.net/{TENANT}/"), "ver": "1.0", "tid": TENANT,
         }));
-        let Err(EntraFailure::Issuer { detail, hint }) = v2_only.check_issuer(&v1_token) else {
+        let Err(EntraFailure::Issuer { detail, hint }) = v2_only.check_issuer(&v1_token, None)
+        else {
             panic!("v1 token accepted by a v2-only policy");
         };
         assert!(detail.starts_with("v1.0 token"), "{detail}");
@@ -743,7 +830,7 @@ mod tests {
         let v2_token = claims(json!({
             "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "ver": "2.0", "tid": TENANT,
         }));
-        let Err(EntraFailure::Issuer { detail, .. }) = v1_only.check_issuer(&v2_token) else {
+        let Err(EntraFailure::Issuer { detail, .. }) = v1_only.check_issuer(&v2_token, None) else {
             panic!("v2 token accepted by a v1-only policy");
         };
         assert!(
@@ -752,11 +839,11 @@ mod tests {
         );
         let both = rules(None, TENANT, &TokenVersion::ALL);
         assert_eq!(
-            both.check_issuer(&v2_token).map(|id| id.version),
+            both.check_issuer(&v2_token, None).map(|id| id.version),
             Ok(TokenVersion::V2)
         );
         assert_eq!(
-            both.check_issuer(&v1_token).map(|id| id.version),
+            both.check_issuer(&v1_token, None).map(|id| id.version),
             Ok(TokenVersion::V1)
         );
     }
@@ -777,36 +864,70 @@ mod tests {
             Err(EntraFailure::Issuer { detail, .. }) => detail,
             other => panic!("expected an issuer failure, got {other:?}"),
         };
-        let detail = issuer_detail(single.check_issuer(&from(OTHER, Some(OTHER))));
+        let detail = issuer_detail(single.check_issuer(&from(OTHER, Some(OTHER)), None));
         assert!(
             detail.contains(&format!("token from tenant {OTHER}"))
                 && detail.contains(&format!("accepts tenant {TENANT} only")),
             "{detail}"
         );
-        let detail = issuer_detail(single.check_issuer(&from(TENANT, Some(OTHER))));
+        let detail = issuer_detail(single.check_issuer(&from(TENANT, Some(OTHER)), None));
         assert!(
             detail.starts_with(&format!("tid {OTHER} does not match")),
             "{detail}"
         );
-        let detail = issuer_detail(single.check_issuer(&from(TENANT, None)));
+        let detail = issuer_detail(single.check_issuer(&from(TENANT, None), None));
         assert!(detail.starts_with("tid is missing"), "{detail}");
 
         let multi = rules(None, "organizations", &TokenVersion::ALL);
         assert_eq!(
             multi
-                .check_issuer(&from(OTHER, Some(OTHER)))
+                .check_issuer(&from(OTHER, Some(OTHER)), None)
                 .map(|id| id.tenant),
             Ok(OTHER.to_owned())
         );
-        let detail = issuer_detail(multi.check_issuer(&from(OTHER, Some(TENANT))));
+        let detail = issuer_detail(multi.check_issuer(&from(OTHER, Some(TENANT)), None));
         assert!(detail.contains("does not match"), "{detail}");
         let restricted = EntraRules {
             tenant: parse_tenant("common", &[TENANT.to_owned()]).expect("tenant"),
             ..multi
         };
-        let detail = issuer_detail(restricted.check_issuer(&from(OTHER, Some(OTHER))));
+        let detail = issuer_detail(restricted.check_issuer(&from(OTHER, Some(OTHER)), None));
         assert!(detail.contains("not in allowedTenants"), "{detail}");
-        assert!(restricted.check_issuer(&from(TENANT, Some(TENANT))).is_ok());
+        assert!(
+            restricted
+                .check_issuer(&from(TENANT, Some(TENANT)), None)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_domain_tenant_is_the_id_its_discovery_document_names() {
+        let rules = rules(None, "contoso.onmicrosoft.com", &TokenVersion::ALL);
+        let discovery = format!("https://login.microsoftonline.com/{TENANT}/v2.0");
+        assert_eq!(
+            rules.resolved_tenant(Some(&discovery)),
+            Some(TENANT.to_owned())
+        );
+        let token = |tenant: &str| {
+            claims(json!({
+                "iss": format!("https://login.microsoftonline.com/{tenant}/v2.0"), "ver": "2.0", "tid": tenant,
+            }))
+        };
+        assert!(rules.check_issuer(&token(TENANT), Some(&discovery)).is_ok());
+        assert!(matches!(
+            rules.check_issuer(&token(OTHER), Some(&discovery)),
+            Err(EntraFailure::Issuer { detail, .. })
+                if detail.contains(&format!("accepts tenant {TENANT} (contoso.onmicrosoft.com) only"))
+        ));
+        // Without the document's word, no tenant passes.
+        assert!(matches!(
+            rules.check_issuer(&token(TENANT), None),
+            Err(EntraFailure::Issuer { detail, .. }) if detail.contains("tenant id of contoso.onmicrosoft.com is not known")
+        ));
+        assert_eq!(
+            rules.expected_issuers(None),
+            "v2.0 issuer https://login.microsoftonline.com/{id of contoso.onmicrosoft.com}/v2.0 or v1.0 issuer https://sts.windows.net/{id of contoso.onmicrosoft.com}/"
+        );
     }
 
     #[test]
@@ -816,7 +937,7 @@ mod tests {
             "iss": format!("https://sts.windows.net/{TENANT}/"), "ver": "2.0", "tid": TENANT,
         }));
         assert!(matches!(
-            both.check_issuer(&odd),
+            both.check_issuer(&odd, None),
             Err(EntraFailure::Issuer { detail, .. }) if detail.contains("but ver is \"2.0\"")
         ));
     }

@@ -179,8 +179,10 @@ fn yes() -> bool {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidateAzureAdToken {
-    /// Directory (tenant) id, a GUID; or `organizations` / `common` for multi-tenant
-    /// applications, which accept a token of any tenant whose `tid` matches its issuer.
+    /// Directory (tenant) id, a GUID, or a verified domain such as `contoso.onmicrosoft.com`
+    /// (the id is then the one the domain's discovery document names); or `organizations` /
+    /// `common` for multi-tenant applications, which accept a token of any tenant whose `tid`
+    /// matches its issuer.
     pub tenant_id: String,
 
     /// Microsoft Entra authority, for national clouds: `https://login.microsoftonline.us`

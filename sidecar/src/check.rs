@@ -83,7 +83,16 @@ pub async fn check(
         }
     }
     if let Some(entra) = &active.policy.verification.entra {
-        describe_entra(&mut text, entra, &active.policy.verification.audiences);
+        let discovery_issuer = active
+            .sources
+            .iter()
+            .find_map(|source| source.current(max_stale)?.issuer.clone());
+        describe_entra(
+            &mut text,
+            entra,
+            &active.policy.verification.audiences,
+            discovery_issuer.as_deref(),
+        );
     }
     describe_token(&mut text, token);
 
@@ -165,7 +174,12 @@ fn describe_rejection(text: &mut String, rejection: &Rejection, active: &ActiveP
 }
 
 /// What an Entra policy accepts, so a refusal can be read against it.
-fn describe_entra(text: &mut String, entra: &EntraRules, audiences: &[String]) {
+fn describe_entra(
+    text: &mut String,
+    entra: &EntraRules,
+    audiences: &[String],
+    discovery_issuer: Option<&str>,
+) {
     let cloud = entra
         .authority
         .cloud
@@ -181,7 +195,15 @@ fn describe_entra(text: &mut String, entra: &EntraRules, audiences: &[String]) {
     {
         let _ = writeln!(text, "  allowed tenants: {}", allowed.join(", "));
     }
-    let _ = writeln!(text, "  accepted issuers: {}", entra.expected_issuers());
+    let resolved = entra.resolved_tenant(discovery_issuer);
+    if let (TenantRule::Domain(domain), Some(id)) = (&entra.tenant, &resolved) {
+        let _ = writeln!(text, "  {domain} is tenant {id}");
+    }
+    let _ = writeln!(
+        text,
+        "  accepted issuers: {}",
+        entra.expected_issuers(resolved.as_deref())
+    );
     let _ = writeln!(text, "  accepted audiences: {}", audiences.join(", "));
     let _ = writeln!(
         text,

@@ -188,7 +188,9 @@ fn verify_inner(
     let issuer = claims.get("iss").and_then(Value::as_str).map(str::to_owned);
     let entra = match &rules.entra {
         Some(entra) => {
-            let identity = entra.check_issuer(&claims).map_err(entra_rejection)?;
+            let identity = entra
+                .check_issuer(&claims, keys.discovery_issuers().next())
+                .map_err(entra_rejection)?;
             trace.step(
                 "issuer",
                 true,

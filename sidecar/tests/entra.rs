@@ -380,7 +380,7 @@ async fn classic_mistakes_get_exact_reasons() {
             "token obtained by another client",
             v2_only.token(V2, HOME, OTHER_APP, ORDERS_API),
             "TokenClientApplicationNotAllowed",
-            "The client application is not allowed",
+            "The client application is not allowed: the client application in azp is not allowed",
         ),
         (
             "token from another tenant",
@@ -495,6 +495,46 @@ async fn multi_tenant_accepts_any_tenant_or_the_allowed_ones() {
         challenge(&reply).ends_with("the token was issued by a tenant that is not allowed\""),
         "{}",
         challenge(&reply)
+    );
+}
+
+/// APIM's `tenant-id` may be a verified domain: the tenant is the id the domain's discovery
+/// document names.
+#[tokio::test]
+async fn a_domain_names_the_tenant() {
+    let bench = EntraBench::start(
+        |idp| {
+            idp.add_tenant_domain("contoso.example", HOME);
+            orders(idp, "").replacen(
+                &format!("tenantId: {HOME}"),
+                "tenantId: https://contoso.example",
+                1,
+            )
+        },
+        "",
+    )
+    .await;
+    for version in [V1, V2] {
+        let aud = if version == V1 {
+            "api://orders"
+        } else {
+            ORDERS_API
+        };
+        let token = bench.token(version, HOME, CLIENT_APP, aud);
+        assert_eq!(
+            bench.call("/", &token).await.status,
+            StatusCode::OK,
+            "{version:?}"
+        );
+    }
+    let reply = bench
+        .call("/", &bench.token(V2, GUEST, CLIENT_APP, ORDERS_API))
+        .await;
+    assert_refused(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        "TokenIssuerNotAllowed",
+        "another tenant than the domain's",
     );
 }
 
