@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 use crate::claims::{ClaimPath, ClaimRequirement};
 use crate::document::TokenPolicyDocument;
+use crate::entra::{self, Authority, EntraRules, TokenVersion};
 use crate::keys::VerificationKey;
 use crate::routes::CompiledRule;
 use crate::selector::LabelSelector;
@@ -109,6 +110,9 @@ pub struct Verification {
     pub required_claims: Vec<ClaimRequirement>,
     pub require_expiration_time: bool,
     pub clock_skew: Duration,
+    /// Microsoft Entra checks (`validateAzureAdToken`). When set, they replace `issuers`, which
+    /// is then `Any`, and add the client-application check.
+    pub entra: Option<EntraRules>,
 }
 
 /// A claim copied into a request header.
@@ -201,6 +205,41 @@ pub fn compile(
             errors: compiler.errors,
         }),
     }
+}
+
+/// The key sets a spec makes the sidecar fetch, in either mode, without fetching anything:
+/// `validateJwt`'s discovery documents and JWKS URLs, or the Entra tenant's discovery document.
+/// Sources a compile would refuse (malformed URLs, a bad authority) are left out.
+pub fn remote_key_sources(spec: &TokenPolicySpec) -> Vec<RemoteKeySource> {
+    let mut sources = Vec::new();
+    if let Some(jwt) = &spec.validate_jwt {
+        for config in &jwt.openid_configs {
+            if is_fetchable_url(&config.url) {
+                sources.push(RemoteKeySource::Discovery(config.url.clone()));
+            }
+        }
+        for url in &jwt.jwks_uris {
+            if is_fetchable_url(url) {
+                sources.push(RemoteKeySource::Jwks(url.clone()));
+            }
+        }
+    }
+    if let Some(entra) = &spec.validate_azure_ad_token
+        && let Ok(authority) = Authority::parse(entra.authentication_endpoint.as_deref())
+        && let Ok(tenant) = entra::parse_tenant(&entra.tenant_id, &entra.allowed_tenants)
+    {
+        sources.push(RemoteKeySource::Discovery(
+            authority.discovery_url(tenant.path_segment()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    sources.retain(|source| seen.insert(source.clone()));
+    sources
+}
+
+fn is_fetchable_url(text: &str) -> bool {
+    url::Url::parse(text)
+        .is_ok_and(|url| matches!(url.scheme(), "https" | "http") && url.host().is_some())
 }
 
 type Parts = (
@@ -433,15 +472,105 @@ impl Compiler<'_> {
             required_claims,
             require_expiration_time: jwt.require_expiration_time,
             clock_skew,
+            entra: None,
         })
     }
 
-    fn validate_azure_ad_token(&mut self, _entra: &ValidateAzureAdToken) -> Option<Verification> {
-        self.error(
-            "spec.validateAzureAdToken",
-            "Microsoft Entra ID validation is not available in this version; use validateJwt with the tenant's openid-config",
-        );
-        None
+    fn validate_azure_ad_token(&mut self, spec: &ValidateAzureAdToken) -> Option<Verification> {
+        let base = "spec.validateAzureAdToken";
+        let authority = match Authority::parse(spec.authentication_endpoint.as_deref()) {
+            Ok(authority) => Some(authority),
+            Err(message) => {
+                self.error(format!("{base}.authenticationEndpoint"), message);
+                None
+            }
+        };
+        let tenant = match entra::parse_tenant(&spec.tenant_id, &spec.allowed_tenants) {
+            Ok(tenant) => Some(tenant),
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.error(format!("{base}.{field}"), message);
+                }
+                None
+            }
+        };
+        let mut versions = Vec::new();
+        for (i, text) in spec.token_versions.iter().enumerate() {
+            match TokenVersion::parse(text.trim()) {
+                Some(version) if !versions.contains(&version) => versions.push(version),
+                Some(_) => {}
+                None => self.error(
+                    format!("{base}.tokenVersions[{i}]"),
+                    format!("unknown access-token version {text:?}; use \"1.0\" or \"2.0\""),
+                ),
+            }
+        }
+        if versions.is_empty() {
+            versions.extend(TokenVersion::ALL);
+        }
+        versions.sort();
+
+        if spec.client_application_ids.is_empty() {
+            self.error(
+                format!("{base}.clientApplicationIds"),
+                "list at least one client application (its application id, matched against appid or azp), as APIM requires",
+            );
+        }
+        let mut client_application_ids = Vec::new();
+        for (i, id) in spec.client_application_ids.iter().enumerate() {
+            let id = id.trim();
+            if id.is_empty() {
+                self.error(
+                    format!("{base}.clientApplicationIds[{i}]"),
+                    "must not be empty",
+                );
+            } else {
+                client_application_ids.push(id.to_owned());
+            }
+        }
+        for (i, aud) in spec.audiences.iter().enumerate() {
+            if aud.trim().is_empty() {
+                self.error(format!("{base}.audiences[{i}]"), "must not be empty");
+            }
+        }
+        for (i, id) in spec.backend_application_ids.iter().enumerate() {
+            if !entra::is_guid(id.trim()) {
+                self.error(
+                    format!("{base}.backendApplicationIds[{i}]"),
+                    format!("{id:?} is not an application id; give the API's application (client) id, a GUID"),
+                );
+            }
+        }
+        let audiences = entra::accepted_audiences(&spec.audiences, &spec.backend_application_ids);
+        if audiences.is_empty() {
+            self.error(
+                base,
+                "name the API: give audiences or backendApplicationIds; without them any token of the tenant, one for Microsoft Graph included, would pass",
+            );
+        }
+        let required_claims =
+            self.required_claims(&format!("{base}.requiredClaims"), &spec.required_claims);
+        let (authority, tenant) = (authority?, tenant?);
+        Some(Verification {
+            remote_sources: vec![RemoteKeySource::Discovery(
+                authority.discovery_url(tenant.path_segment()),
+            )],
+            static_keys: Vec::new(),
+            // Microsoft Entra signs access tokens with RS256 only.
+            algorithms: vec![Algorithm::RS256],
+            allow_unsigned: false,
+            issuers: IssuerRule::Any,
+            audiences,
+            required_claims,
+            require_expiration_time: true,
+            clock_skew: Duration::ZERO,
+            entra: Some(EntraRules {
+                authority,
+                tenant,
+                versions,
+                client_application_ids,
+            }),
+        })
     }
 
     fn required_claims(
@@ -752,6 +881,96 @@ mod tests {
         assert!(
             errs.join("").contains("no configured key can verify HS256"),
             "{errs:?}"
+        );
+    }
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const API: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+    const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+    #[test]
+    fn entra_compiles_into_a_discovery_source_and_entra_rules() {
+        let policy = compile(
+            &doc(&format!(
+                "  selector: {{matchLabels: {{app: a}}}}\n  validateAzureAdToken:\n    tenantId: {TENANT}\n    authenticationEndpoint: https://login.microsoftonline.us\n    backendApplicationIds: [{API}]\n    clientApplicationIds: [{CLIENT}]\n    tokenVersions: [\"2.0\"]\n    requiredClaims: [{{name: roles, values: [Orders.Read]}}]\n"
+            )),
+            &NoFiles,
+        )
+        .expect("compiles");
+        let v = &policy.verification;
+        assert_eq!(
+            v.remote_sources,
+            vec![RemoteKeySource::Discovery(format!(
+                "https://login.microsoftonline.us/{TENANT}/v2.0/.well-known/openid-configuration"
+            ))]
+        );
+        assert_eq!(v.algorithms, vec![Algorithm::RS256]);
+        assert!(v.audiences.contains(&API.to_owned()));
+        assert!(v.audiences.contains(&format!("api://{API}")));
+        assert_eq!(v.required_claims.len(), 1);
+        let entra = v.entra.as_ref().expect("entra rules");
+        assert_eq!(entra.versions, vec![TokenVersion::V2]);
+        assert_eq!(entra.client_application_ids, vec![CLIENT.to_owned()]);
+        assert_eq!(
+            entra.authority.issuer(TokenVersion::V1, TENANT),
+            format!("https://sts.windows.net/{TENANT}/")
+        );
+    }
+
+    #[test]
+    fn entra_mistakes_are_named_with_their_field() {
+        let errs = errors(
+            "  selector: {matchLabels: {app: a}}\n  validateAzureAdToken:\n    tenantId: contoso_corp\n    authenticationEndpoint: http://login.microsoftonline.com\n    backendApplicationIds: [orders]\n    tokenVersions: [\"3.0\"]\n    allowedTenants: [x]\n",
+        )
+        .join("\n");
+        for expected in [
+            "spec.validateAzureAdToken.authenticationEndpoint: \"http://login.microsoftonline.com\": http is accepted only for loopback hosts",
+            "spec.validateAzureAdToken.tenantId: \"contoso_corp\" is not a directory (tenant) id, a verified domain",
+            "spec.validateAzureAdToken.tokenVersions[0]: unknown access-token version \"3.0\"",
+            "spec.validateAzureAdToken.clientApplicationIds: list at least one client application",
+            "spec.validateAzureAdToken.backendApplicationIds[0]: \"orders\" is not an application id",
+        ] {
+            assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+        }
+        let errs = errors(&format!(
+            "  selector: {{matchLabels: {{app: a}}}}\n  validateAzureAdToken: {{tenantId: {TENANT}, clientApplicationIds: [{CLIENT}]}}\n"
+        ));
+        assert!(
+            errs.join("")
+                .contains("give audiences or backendApplicationIds"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn remote_key_sources_list_either_mode_without_io() {
+        let jwt = doc(
+            "  selector: {matchLabels: {app: a}}\n  validateJwt:\n    openidConfigs: [{url: https://a.example/.well-known/openid-configuration}, {url: \"not a url\"}]\n    jwksUris: [https://b.example/keys, https://b.example/keys]\n",
+        );
+        assert_eq!(
+            remote_key_sources(&jwt.spec),
+            vec![
+                RemoteKeySource::Discovery(
+                    "https://a.example/.well-known/openid-configuration".into()
+                ),
+                RemoteKeySource::Jwks("https://b.example/keys".into()),
+            ]
+        );
+        let multi = doc(&format!(
+            "  selector: {{matchLabels: {{app: a}}}}\n  validateAzureAdToken: {{tenantId: organizations, audiences: [api://{API}], clientApplicationIds: [{CLIENT}]}}\n"
+        ));
+        assert_eq!(
+            remote_key_sources(&multi.spec),
+            vec![RemoteKeySource::Discovery(
+                "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
+                    .into()
+            )]
+        );
+        let compiled = compile(&multi, &NoFiles).expect("compiles");
+        assert_eq!(
+            compiled.verification.remote_sources,
+            remote_key_sources(&multi.spec),
+            "what the operator lists is what the sidecar fetches"
         );
     }
 }

@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod compile;
 pub mod document;
+pub mod entra;
 pub mod keys;
 pub mod routes;
 pub mod selector;
@@ -12,7 +13,7 @@ pub mod status;
 
 pub use compile::{
     CompiledPolicy, Extraction, FieldError, InvalidPolicy, IssuerRule, KeyFiles, RemoteKeySource,
-    Verification, compile, validate,
+    Verification, compile, remote_key_sources, validate,
 };
 pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
 pub use keys::{KeyError, VerificationKey};

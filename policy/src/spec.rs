@@ -209,32 +209,51 @@ fn yes() -> bool {
     true
 }
 
-/// APIM `validate-azure-ad-token`.
+/// APIM `validate-azure-ad-token`: access tokens of Microsoft Entra ID, v1.0 and v2.0.
+///
+/// Keys come from the tenant's discovery document under `authenticationEndpoint`; the accepted
+/// issuers follow from the tenant, the token version and the cloud.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidateAzureAdToken {
-    /// Directory (tenant) id, or `organizations` / `common` for multi-tenant applications.
+    /// Directory (tenant) id, a GUID, or a verified domain such as `contoso.onmicrosoft.com`
+    /// (the id is then the one the domain's discovery document names); or `organizations` /
+    /// `common` for multi-tenant applications, which accept a token of any tenant whose `tid`
+    /// matches its issuer.
     pub tenant_id: String,
 
-    /// Microsoft Entra authority host, for national clouds.
+    /// Microsoft Entra authority, for national clouds: `https://login.microsoftonline.us`
+    /// (Azure Government), `https://login.partner.microsoftonline.cn` (21Vianet). Default
+    /// `https://login.microsoftonline.com`. https, except for loopback hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_endpoint: Option<String>,
 
-    /// Accepted audiences (any of).
+    /// Accepted audiences (any of). An application id and its default App ID URI
+    /// (`api://{id}`) are accepted for each other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
 
-    /// Client applications allowed to call (checked against `appid` or `azp`).
+    /// Client applications allowed to call: the `appid` claim of v1.0 tokens, `azp` of v2.0
+    /// tokens. At least one, as in APIM.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_application_ids: Vec<String>,
 
-    /// Application ids of the protected resource, accepted as audiences.
+    /// Application ids of the protected API, accepted as audiences (also as `api://{id}`).
+    /// `audiences` and `backendApplicationIds` together must name at least one audience.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_application_ids: Vec<String>,
 
-    /// Claims the token must carry.
+    /// Claims the token must carry, as in `validateJwt` (`roles`; `scp` with separator `" "`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_claims: Vec<RequiredClaim>,
+
+    /// With `tenantId` `organizations` or `common`: the only tenants accepted. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tenants: Vec<String>,
+
+    /// Accepted access-token versions, `"1.0"` and/or `"2.0"`. Empty: both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_versions: Vec<String>,
 }
 
 /// One OpenID Connect discovery document.

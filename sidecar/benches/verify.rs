@@ -5,9 +5,9 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 use tokengate_policy::{KeyFiles, compile, parse_documents};
-use tokengate_sidecar::keyset::KeyView;
+use tokengate_sidecar::keyset::{KeyView, SourceKeys};
 use tokengate_sidecar::verify::{NoTrace, verify};
-use tokengate_tests::idp::{IdentityProvider, KeyFamily};
+use tokengate_tests::idp::{EntraTokenVersion, IdentityProvider, KeyFamily};
 
 struct NoFiles;
 impl KeyFiles for NoFiles {
@@ -57,5 +57,50 @@ fn bench_verify(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_verify);
+/// The same RS256 verification in Entra mode: version, issuer, tenant, audience forms and client
+/// application checked on top.
+fn bench_verify_entra(c: &mut Criterion) {
+    const TENANT: &str = "4a5f1b7e-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    const API: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+    const CLIENT: &str = "11111111-2222-4333-8444-555555555555";
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let idp = runtime
+        .block_on(IdentityProvider::start_entra(TENANT))
+        .expect("identity provider");
+    let text = format!(
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateAzureAdToken:\n    tenantId: {TENANT}\n    authenticationEndpoint: {}\n    audiences: [api://orders]\n    backendApplicationIds: [{API}]\n    clientApplicationIds: [{CLIENT}]\n    requiredClaims: [{{name: roles, match: any, values: [Orders.Read]}}]\n",
+        idp.base_url()
+    );
+    let doc = parse_documents(&text).expect("policy").remove(0);
+    let policy = compile(&doc, &NoFiles).expect("compiles");
+    let key =
+        tokengate_policy::VerificationKey::from_jwk_value(&idp.current_key(KeyFamily::Rsa).jwk)
+            .expect("RSA key");
+    let view = KeyView {
+        static_keys: &[],
+        remote: vec![std::sync::Arc::new(SourceKeys {
+            keys: vec![key],
+            issuer: Some(idp.issuer().to_owned()),
+            fetched_at: std::time::Instant::now(),
+        })],
+    };
+    let mut claims = idp.entra_claims(EntraTokenVersion::V2, TENANT, CLIENT, API);
+    claims["roles"] = serde_json::json!(["Orders.Read"]);
+    let token = idp.sign(Algorithm::RS256, &claims);
+    let now = tokengate_sidecar::gate::unix_now() + 1.0;
+    verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
+    c.bench_function("verify RS256 entra v2.0", |b| {
+        b.iter(|| {
+            verify(
+                black_box(&token),
+                &policy.verification,
+                &view,
+                now,
+                &mut NoTrace,
+            )
+        })
+    });
+}
+
+criterion_group!(benches, bench_verify, bench_verify_entra);
 criterion_main!(benches);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokengate_policy::CompiledPolicy;
+use tokengate_policy::entra::{EntraRules, TenantRule};
 use tokengate_policy::routes::route;
 use tokengate_policy::spec::Authentication;
 
@@ -80,6 +81,18 @@ pub async fn check(
                 );
             }
         }
+    }
+    if let Some(entra) = &active.policy.verification.entra {
+        let discovery_issuer = active
+            .sources
+            .iter()
+            .find_map(|source| source.current(max_stale)?.issuer.clone());
+        describe_entra(
+            &mut text,
+            entra,
+            &active.policy.verification.audiences,
+            discovery_issuer.as_deref(),
+        );
     }
     describe_token(&mut text, token);
 
@@ -158,6 +171,45 @@ fn describe_rejection(text: &mut String, rejection: &Rejection, active: &ActiveP
     {
         let _ = writeln!(text, "  WWW-Authenticate: {challenge}");
     }
+}
+
+/// What an Entra policy accepts, so a refusal can be read against it.
+fn describe_entra(
+    text: &mut String,
+    entra: &EntraRules,
+    audiences: &[String],
+    discovery_issuer: Option<&str>,
+) {
+    let cloud = entra
+        .authority
+        .cloud
+        .map_or_else(String::new, |name| format!(" ({name})"));
+    let _ = writeln!(
+        text,
+        "entra: authority {}{cloud}, tenant {}",
+        entra.authority.endpoint,
+        entra.tenant.path_segment()
+    );
+    if let TenantRule::Multi { allowed, .. } = &entra.tenant
+        && !allowed.is_empty()
+    {
+        let _ = writeln!(text, "  allowed tenants: {}", allowed.join(", "));
+    }
+    let resolved = entra.resolved_tenant(discovery_issuer);
+    if let (TenantRule::Domain(domain), Some(id)) = (&entra.tenant, &resolved) {
+        let _ = writeln!(text, "  {domain} is tenant {id}");
+    }
+    let _ = writeln!(
+        text,
+        "  accepted issuers: {}",
+        entra.expected_issuers(resolved.as_deref())
+    );
+    let _ = writeln!(text, "  accepted audiences: {}", audiences.join(", "));
+    let _ = writeln!(
+        text,
+        "  client applications (appid in v1.0, azp in v2.0): {}",
+        entra.client_application_ids.join(", ")
+    );
 }
 
 /// The token's header and claims, decoded without trusting them: the person running `check`

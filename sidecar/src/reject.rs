@@ -101,12 +101,16 @@ pub enum Stage {
     Authorization,
 }
 
-/// A refused request: the reason, and a detail safe to log (names, never values).
+/// A refused request: the reason, and a detail safe to log: claim names and identifiers (`iss`,
+/// `kid`, `alg`; in Entra mode the tenant and the client application id), never other values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: RejectReason,
     pub stage: Stage,
     pub detail: String,
+    /// A fixed phrase appended to the client's `error_description`, for mistakes the client can
+    /// fix (a v1.0 token where v2.0 is required). Static, so no token value reaches a response.
+    pub hint: Option<&'static str>,
 }
 
 impl Rejection {
@@ -115,7 +119,13 @@ impl Rejection {
             reason,
             stage: Stage::Authentication,
             detail: detail.into(),
+            hint: None,
         }
+    }
+
+    pub fn with_hint(mut self, hint: Option<&'static str>) -> Self {
+        self.hint = hint;
+        self
     }
 
     pub fn forbidden(reason: RejectReason, detail: impl Into<String>) -> Self {
@@ -123,6 +133,7 @@ impl Rejection {
             reason,
             stage: Stage::Authorization,
             detail: detail.into(),
+            hint: None,
         }
     }
 }
@@ -154,7 +165,7 @@ pub fn rejection_response(
             "Forbidden".to_owned(),
             Some(format!(
                 "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
-                reason.description()
+                description(reason, rejection.hint)
             )),
         ),
         (RejectReason::TokenNotPresent, Stage::Authentication) => {
@@ -169,7 +180,7 @@ pub fn rejection_response(
                 message,
                 Some(format!(
                     "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                    reason.description()
+                    description(reason, rejection.hint)
                 )),
             )
         }
@@ -193,6 +204,13 @@ pub fn rejection_response(
         headers.insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+fn description(reason: RejectReason, hint: Option<&'static str>) -> String {
+    match hint {
+        Some(hint) => format!("{}: {hint}", reason.description()),
+        None => reason.description().to_owned(),
+    }
 }
 
 fn configured(policy: Option<&FailedValidation>) -> (StatusCode, String) {
@@ -247,6 +265,22 @@ mod tests {
         );
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(header(&resp).is_some_and(|h| h.contains("insufficient_scope")));
+    }
+
+    #[test]
+    fn a_hint_extends_the_description() {
+        let resp = rejection_response(
+            &Rejection::new(RejectReason::TokenIssuerNotAllowed, "v1.0 token").with_hint(Some(
+                "a v1.0 token was presented where v2.0 tokens are required",
+            )),
+            None,
+        );
+        assert_eq!(
+            header(&resp),
+            Some(
+                "Bearer error=\"invalid_token\", error_description=\"The token issuer is not allowed: a v1.0 token was presented where v2.0 tokens are required\""
+            )
+        );
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! Token verification with APIM `validate-jwt` semantics.
+//! Token verification with APIM `validate-jwt` and `validate-azure-ad-token` semantics.
 //!
 //! Order: header -> algorithm allow-list -> key by `kid` -> signature -> exp/nbf/iat ->
-//! iss -> aud -> required claims. The first failure decides the reason.
+//! iss -> aud -> (Entra: client application) -> required claims. The first failure decides
+//! the reason. In Entra mode the issuer check is the policy crate's: `ver`, `iss` and `tid`
+//! against the tenant and the accepted token versions.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use tokengate_policy::claims::ClaimFailure;
+use tokengate_policy::entra::{EntraFailure, EntraRules};
 use tokengate_policy::{IssuerRule, Verification};
 
 use crate::keyset::KeyView;
@@ -183,15 +186,55 @@ fn verify_inner(
     check_times(&claims, rules, now, expires_at, not_before, trace)?;
 
     let issuer = claims.get("iss").and_then(Value::as_str).map(str::to_owned);
-    check_issuer(issuer.as_deref(), rules, keys)?;
-    trace.step(
-        "issuer",
-        true,
-        format!("{} is allowed", issuer.as_deref().unwrap_or("(any)")),
-    );
+    let entra = match &rules.entra {
+        Some(entra) => {
+            let identity = entra
+                .check_issuer(&claims, keys.discovery_issuers().next())
+                .map_err(entra_rejection)?;
+            trace.step(
+                "issuer",
+                true,
+                format!(
+                    "{} token of tenant {} ({} is allowed)",
+                    identity.version, identity.tenant, identity.issuer
+                ),
+            );
+            Some((entra, identity.version))
+        }
+        None => {
+            check_issuer(issuer.as_deref(), rules, keys)?;
+            trace.step(
+                "issuer",
+                true,
+                format!("{} is allowed", issuer.as_deref().unwrap_or("(any)")),
+            );
+            None
+        }
+    };
 
-    check_audience(&claims, &rules.audiences)?;
+    if let Err(mut rejection) = check_audience(&claims, &rules.audiences) {
+        if let Some((_, version)) = entra {
+            rejection.detail = format!(
+                "{} ({version} token: {})",
+                rejection.detail,
+                EntraRules::audience_advice(version)
+            );
+        }
+        trace.step("audience", false, audience_values(&claims));
+        return Err(rejection);
+    }
     trace.step("audience", true, "allowed".into());
+
+    if let Some((entra, version)) = entra {
+        let (claim, client) = entra
+            .check_client(&claims, version)
+            .map_err(entra_rejection)?;
+        trace.step(
+            "client application",
+            true,
+            format!("{claim} {client} is allowed"),
+        );
+    }
 
     for requirement in &rules.required_claims {
         requirement.check(&claims).map_err(claim_rejection)?;
@@ -330,6 +373,26 @@ fn check_audience(claims: &Map<String, Value>, audiences: &[String]) -> Result<(
             RejectReason::TokenAudienceNotAllowed,
             "aud is not an accepted audience",
         ))
+    }
+}
+
+/// The token's `aud`, for `check` only: the request path never traces.
+fn audience_values(claims: &Map<String, Value>) -> String {
+    match claims.get("aud") {
+        Some(aud) => format!("aud {aud} is not accepted"),
+        None => "aud is missing".to_owned(),
+    }
+}
+
+fn entra_rejection(failure: EntraFailure) -> Rejection {
+    match failure {
+        EntraFailure::Issuer { detail, hint } => {
+            Rejection::new(RejectReason::TokenIssuerNotAllowed, detail).with_hint(hint)
+        }
+        EntraFailure::ClientApplication { detail, hint } => {
+            Rejection::new(RejectReason::TokenClientApplicationNotAllowed, detail)
+                .with_hint(Some(hint))
+        }
     }
 }
 

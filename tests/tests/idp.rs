@@ -16,7 +16,9 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 use tokengate_tests::echo::{self, EchoRecord, EchoServer};
-use tokengate_tests::idp::{DEFAULT_AUDIENCE, IdentityProvider, KeyFamily, SignWith};
+use tokengate_tests::idp::{
+    DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider, KeyFamily, SignWith,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const ALL_ALGS: [Algorithm; 12] = [
@@ -671,6 +673,253 @@ async fn client_credentials_errors_follow_rfc_6749() {
     );
 }
 
+// ----- Microsoft Entra ID personality -----
+
+const HOME_TENANT: &str = "4a5f1b7e-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
+const GUEST_TENANT: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+const ORDERS_API: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+const LEGACY_API: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+const CLIENT_APP: &str = "11111111-2222-4333-8444-555555555555";
+
+fn rsa_decoding_key(idp: &IdentityProvider) -> DecodingKey {
+    let rsa = idp.current_key(KeyFamily::Rsa);
+    DecodingKey::from_rsa_components(
+        rsa.rsa_n.as_deref().expect("n"),
+        rsa.rsa_e.as_deref().expect("e"),
+    )
+    .expect("n/e")
+}
+
+fn entra_validation(issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[issuer]);
+    validation
+}
+
+#[tokio::test]
+async fn entra_discovery_is_tenant_scoped() {
+    let idp = IdentityProvider::start_entra(HOME_TENANT)
+        .await
+        .expect("idp starts");
+    let base = idp.base_url().to_owned();
+    assert_eq!(idp.tenant_id(), HOME_TENANT);
+    assert_eq!(idp.issuer(), format!("{base}/{HOME_TENANT}/v2.0"));
+    assert_eq!(
+        idp.discovery_url(),
+        format!("{base}/{HOME_TENANT}/v2.0/.well-known/openid-configuration")
+    );
+
+    let doc = get(&idp.discovery_url()).await.json();
+    assert_eq!(doc["issuer"], format!("{base}/{HOME_TENANT}/v2.0"));
+    assert_eq!(
+        doc["jwks_uri"],
+        format!("{base}/{HOME_TENANT}/discovery/v2.0/keys")
+    );
+    assert_eq!(
+        doc["token_endpoint"],
+        format!("{base}/{HOME_TENANT}/oauth2/v2.0/token")
+    );
+    assert_eq!(doc, idp.discovery_document());
+
+    // Multi-tenant documents carry Entra's issuer template and keep their segment in URLs.
+    for keyword in ["organizations", "common"] {
+        let doc = get(&idp.entra_discovery_url(keyword)).await.json();
+        assert_eq!(
+            doc["issuer"],
+            format!("{base}/{{tenantid}}/v2.0"),
+            "{keyword}"
+        );
+        assert_eq!(
+            doc["jwks_uri"],
+            format!("{base}/{keyword}/discovery/v2.0/keys")
+        );
+    }
+    // A domain names its tenant; the issuer carries the id.
+    idp.add_tenant_domain("contoso.example", HOME_TENANT);
+    let doc = get(&idp.entra_discovery_url("contoso.example"))
+        .await
+        .json();
+    assert_eq!(doc["issuer"], format!("{base}/{HOME_TENANT}/v2.0"));
+    // The v1.0 document names the v1.0 issuer.
+    let doc = get(&format!(
+        "{base}/{HOME_TENANT}/.well-known/openid-configuration"
+    ))
+    .await
+    .json();
+    assert_eq!(doc["issuer"], format!("{base}/{HOME_TENANT}/"));
+    assert_eq!(doc["jwks_uri"], format!("{base}/common/discovery/keys"));
+
+    // Unknown tenants are refused as Entra refuses them; generic paths do not exist here.
+    let unknown = get(&idp.entra_discovery_url(GUEST_TENANT)).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown.json()["error"], "invalid_tenant");
+    assert_eq!(
+        get(&format!("{base}/.well-known/openid-configuration"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    idp.add_tenant(GUEST_TENANT);
+    assert_eq!(
+        get(&idp.entra_discovery_url(GUEST_TENANT)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn entra_keys_are_rsa_only() {
+    let idp = IdentityProvider::start_entra(HOME_TENANT)
+        .await
+        .expect("idp starts");
+    for path in [
+        idp.jwks_url(),
+        format!("{}/common/discovery/keys", idp.base_url()),
+        format!("{}/organizations/discovery/v2.0/keys", idp.base_url()),
+    ] {
+        let keys = get(&path).await.json()["keys"]
+            .as_array()
+            .expect("keys array")
+            .clone();
+        assert!(!keys.is_empty(), "{path}");
+        assert!(keys.iter().all(|k| k["kty"] == "RSA"), "{path}: {keys:?}");
+        assert!(
+            keys.iter()
+                .any(|k| k["kid"] == idp.current_kid(KeyFamily::Rsa).as_str()),
+            "{path}"
+        );
+    }
+    assert_eq!(idp.jwks()["keys"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn entra_claims_take_each_version_shape() {
+    let idp = IdentityProvider::start_entra(HOME_TENANT)
+        .await
+        .expect("idp starts");
+    let key = rsa_decoding_key(&idp);
+    let v1 = idp.entra_token(
+        EntraTokenVersion::V1,
+        HOME_TENANT,
+        CLIENT_APP,
+        "api://orders",
+    );
+    let v1_issuer = idp.entra_issuer(EntraTokenVersion::V1, HOME_TENANT);
+    let claims = verify(&v1, &key, &entra_validation(&v1_issuer, "api://orders"));
+    assert_eq!(claims["ver"], "1.0");
+    assert_eq!(claims["appid"], CLIENT_APP);
+    assert_eq!(claims["appidacr"], "1");
+    assert_eq!(claims["idp"], v1_issuer.as_str());
+    assert_eq!(claims["tid"], HOME_TENANT);
+    assert!(claims.get("azp").is_none());
+    assert_eq!(claims["oid"], claims["sub"]);
+
+    let v2 = idp.entra_token(EntraTokenVersion::V2, HOME_TENANT, CLIENT_APP, ORDERS_API);
+    let v2_issuer = idp.entra_issuer(EntraTokenVersion::V2, HOME_TENANT);
+    let claims = verify(&v2, &key, &entra_validation(&v2_issuer, ORDERS_API));
+    assert_eq!(claims["ver"], "2.0");
+    assert_eq!(claims["azp"], CLIENT_APP);
+    assert_eq!(claims["azpacr"], "1");
+    assert!(claims.get("appid").is_none());
+    for name in ["iat", "nbf", "exp", "oid"] {
+        assert!(claims.get(name).is_some(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn entra_client_credentials_follow_the_api_registration() {
+    let idp = IdentityProvider::start_entra(HOME_TENANT)
+        .await
+        .expect("idp starts");
+    idp.register_api(
+        EntraApi::new(ORDERS_API, EntraTokenVersion::V2).with_identifier_uri("api://orders"),
+    );
+    idp.register_api(
+        EntraApi::new(LEGACY_API, EntraTokenVersion::V1).with_identifier_uri("api://legacy"),
+    );
+    idp.register_client_with_claims(CLIENT_APP, "s3cret", json!({ "roles": ["Orders.Read"] }));
+    let key = rsa_decoding_key(&idp);
+    let request = |tenant: String, scope: &'static str| {
+        let url = idp.entra_token_url(&tenant);
+        async move {
+            post_form(
+                &url,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", CLIENT_APP),
+                    ("client_secret", "s3cret"),
+                    ("scope", scope),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+
+    // accessTokenAcceptedVersion 2: a v2.0 token whose aud is the API's application id.
+    let answer = request(HOME_TENANT.to_owned(), "api://orders/.default").await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let token = answer.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let claims = verify(
+        &token,
+        &key,
+        &entra_validation(
+            &idp.entra_issuer(EntraTokenVersion::V2, HOME_TENANT),
+            ORDERS_API,
+        ),
+    );
+    assert_eq!(claims["azp"], CLIENT_APP);
+    assert_eq!(claims["roles"], json!(["Orders.Read"]));
+
+    // accessTokenAcceptedVersion 1 (or null): a v1.0 token whose aud is what was asked for.
+    let answer = request(HOME_TENANT.to_owned(), "api://legacy/.default").await;
+    let token = answer.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let claims = verify(
+        &token,
+        &key,
+        &entra_validation(
+            &idp.entra_issuer(EntraTokenVersion::V1, HOME_TENANT),
+            "api://legacy",
+        ),
+    );
+    assert_eq!(claims["appid"], CLIENT_APP);
+    assert_eq!(claims["ver"], "1.0");
+
+    // A guest tenant issues its own tenant's tokens, by id or by domain.
+    idp.add_tenant_domain("fabrikam.example", GUEST_TENANT);
+    let answer = request("fabrikam.example".to_owned(), "api://orders/.default").await;
+    let token = answer.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let claims = verify(
+        &token,
+        &key,
+        &entra_validation(
+            &idp.entra_issuer(EntraTokenVersion::V2, GUEST_TENANT),
+            ORDERS_API,
+        ),
+    );
+    assert_eq!(claims["tid"], GUEST_TENANT);
+
+    // Entra's refusals: multi-tenant endpoint, unknown resource, unknown tenant.
+    let answer = request("common".to_owned(), "api://orders/.default").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"], "invalid_request");
+    let answer = request(HOME_TENANT.to_owned(), "api://unknown/.default").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"], "invalid_resource");
+    let answer = request(CLIENT_APP.to_owned(), "api://orders/.default").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"], "invalid_tenant");
+}
+
 async fn echo_request(request: Request<Full<Bytes>>) -> (Answer, EchoRecord) {
     let answer = send(request).await;
     let record: EchoRecord = serde_json::from_slice(&answer.body).expect("echo record");
@@ -897,4 +1146,73 @@ async fn demo_binaries_serve_and_mint() {
     let answer = get(&format!("{url}/hi")).await;
     assert_eq!(answer.json()["path"], "/hi");
     echo.kill().await.expect("echo stops");
+}
+
+#[tokio::test]
+async fn demo_binary_acts_as_entra() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+
+    let mut idp = Command::new(env!("CARGO_BIN_EXE_tokengate-idp"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--client",
+            "cli:pw",
+            "--entra-tenant",
+            HOME_TENANT,
+            "--entra-api",
+            ORDERS_API,
+            "--entra-api",
+            &format!("{LEGACY_API}:1"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("idp binary starts");
+    let stdout = idp.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let issuer = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("issuer printed in time")
+        .expect("stdout readable")
+        .expect("a line");
+    assert!(
+        issuer.starts_with("http://127.0.0.1:")
+            && issuer.ends_with(&format!("/{HOME_TENANT}/v2.0")),
+        "{issuer}"
+    );
+
+    for (api, ver, aud) in [
+        (ORDERS_API, "2.0", ORDERS_API.to_owned()),
+        (LEGACY_API, "1.0", format!("api://{LEGACY_API}")),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate-idp"))
+            .args([
+                "token",
+                "--issuer",
+                &issuer,
+                "--client-id",
+                "cli",
+                "--client-secret",
+                "pw",
+                "--scope",
+                &format!("api://{api}/.default"),
+            ])
+            .output()
+            .await
+            .expect("token subcommand runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout).expect("utf-8");
+        let claims = decode_segment(token.trim().split('.').nth(1).expect("payload"));
+        assert_eq!(claims["ver"], ver);
+        assert_eq!(claims["aud"], aud.as_str());
+        assert_eq!(claims["tid"], HOME_TENANT);
+    }
+    idp.kill().await.expect("idp stops");
 }

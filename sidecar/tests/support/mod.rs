@@ -85,6 +85,16 @@ impl Bench {
         let idp = IdentityProvider::start()
             .await
             .expect("identity provider starts");
+        Self::start_against(idp, spec, adjust).await
+    }
+
+    /// Like [`start_with`](Self::start_with), against a provider the test started (the Entra
+    /// personality, for one).
+    pub async fn start_against(
+        idp: IdentityProvider,
+        spec: impl FnOnce(&IdentityProvider) -> String,
+        adjust: impl FnOnce(&mut SidecarConfig),
+    ) -> Bench {
         let echo = EchoServer::start().await.expect("echo server starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let policy = dir.path().join("policy.yaml");

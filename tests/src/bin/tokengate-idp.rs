@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
-use tokengate_tests::idp::{DEFAULT_AUDIENCE, IdentityProvider};
+use tokengate_tests::idp::{DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider};
 
 const DEMO_CLIENT_ID: &str = "demo";
 const DEMO_CLIENT_SECRET: &str = "demo-secret";
@@ -32,6 +32,17 @@ struct Args {
     /// Algorithm of tokens from the token endpoint.
     #[arg(long, default_value = "RS256", value_parser = parse_alg)]
     token_alg: Algorithm,
+
+    /// Act as Microsoft Entra ID with this home tenant id: tenant-scoped discovery, keys and
+    /// token endpoint under the provider's address, which is the authenticationEndpoint.
+    #[arg(long, value_name = "TENANT_ID")]
+    entra_tenant: Option<String>,
+
+    /// An API registered with the Entra personality, as APP_ID or APP_ID:VERSION where VERSION
+    /// is its accessTokenAcceptedVersion, 1 or 2 (default 2); App ID URI api://APP_ID
+    /// (repeatable).
+    #[arg(long = "entra-api", value_name = "APP_ID[:VERSION]", requires = "entra_tenant", value_parser = parse_entra_api)]
+    entra_apis: Vec<EntraApi>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,6 +65,19 @@ enum Command {
     },
 }
 
+fn parse_entra_api(s: &str) -> Result<EntraApi, String> {
+    let (app_id, version) = match s.split_once(':') {
+        None => (s, EntraTokenVersion::V2),
+        Some((app_id, "2")) => (app_id, EntraTokenVersion::V2),
+        Some((app_id, "1")) => (app_id, EntraTokenVersion::V1),
+        Some((_, other)) => return Err(format!("version {other:?}: use 1 or 2")),
+    };
+    if app_id.is_empty() {
+        return Err("empty application id".to_owned());
+    }
+    Ok(EntraApi::new(app_id, version))
+}
+
 fn parse_alg(s: &str) -> Result<Algorithm, String> {
     s.parse().map_err(|_| format!("unknown algorithm {s:?}"))
 }
@@ -72,13 +96,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        None => serve(args.listen, &args.clients, args.token_alg).await,
+        None => serve(&args).await,
     }
 }
 
-async fn serve(listen: SocketAddr, clients: &[String], token_alg: Algorithm) -> anyhow::Result<()> {
-    let idp = IdentityProvider::start_on(listen).await?;
-    idp.set_token_algorithm(token_alg);
+async fn serve(args: &Args) -> anyhow::Result<()> {
+    let (listen, clients) = (args.listen, &args.clients);
+    let idp = match &args.entra_tenant {
+        Some(tenant) => IdentityProvider::start_entra_on(listen, tenant).await?,
+        None => IdentityProvider::start_on(listen).await?,
+    };
+    for api in &args.entra_apis {
+        idp.register_api(api.clone());
+    }
+    idp.set_token_algorithm(args.token_alg);
     if clients.is_empty() {
         idp.register_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
     }

@@ -1,6 +1,8 @@
 //! A test identity provider: real HTTP on 127.0.0.1 serving OIDC discovery, a JWKS and an OAuth 2.0
 //! token endpoint, with a Rust API to mint tokens (well-formed or hostile), rotate and publish
-//! keys, and inject faults.
+//! keys, and inject faults. Two personalities: a generic OIDC provider ([`IdentityProvider::start`])
+//! and Microsoft Entra ID ([`IdentityProvider::start_entra`], tenant-scoped paths, v1.0 and v2.0
+//! access tokens, see the `entra` module).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -14,6 +16,7 @@
 //! # let _ = token; Ok(()) }
 //! ```
 
+mod entra;
 mod jws;
 mod keys;
 mod routes;
@@ -31,6 +34,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub use entra::{COMMON, EntraApi, EntraTokenVersion, ORGANIZATIONS};
 pub use jws::SignWith;
 pub use keys::{KeyExport, KeyFamily, alg_name};
 
@@ -58,6 +62,8 @@ pub(crate) struct Shared {
     base_url: String,
     issuer: String,
     personality: Personality,
+    /// Tenants, domains and APIs of the Entra personality; unused by the generic one.
+    directory: Mutex<entra::Directory>,
     keys: Mutex<KeyStore>,
     clients: Mutex<HashMap<String, Client>>,
     settings: Mutex<Settings>,
@@ -109,6 +115,28 @@ impl IdentityProvider {
 
     /// Starts a provider listening on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<IdentityProvider> {
+        Self::launch(addr, Personality::Generic, None).await
+    }
+
+    /// Starts a Microsoft Entra ID provider on 127.0.0.1 with an ephemeral port: its base URL
+    /// is the authority (`authenticationEndpoint`), `home_tenant` its first directory.
+    pub async fn start_entra(home_tenant: &str) -> anyhow::Result<IdentityProvider> {
+        Self::start_entra_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), home_tenant).await
+    }
+
+    /// Like [`start_entra`](Self::start_entra), listening on `addr`.
+    pub async fn start_entra_on(
+        addr: SocketAddr,
+        home_tenant: &str,
+    ) -> anyhow::Result<IdentityProvider> {
+        Self::launch(addr, Personality::Entra, Some(home_tenant)).await
+    }
+
+    async fn launch(
+        addr: SocketAddr,
+        personality: Personality,
+        home_tenant: Option<&str>,
+    ) -> anyhow::Result<IdentityProvider> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding identity provider to {addr}"))?;
@@ -120,12 +148,17 @@ impl IdentityProvider {
             .await
             .context("key generation task failed")?
             .context("generating identity provider keys")?;
-        let personality = Personality::Generic;
         let base_url = format!("http://{addr}");
+        let directory = entra::Directory::new(home_tenant.unwrap_or_default());
+        let issuer = match personality {
+            Personality::Generic => Personality::generic_issuer(&base_url),
+            Personality::Entra => entra::issuer(&base_url, EntraTokenVersion::V2, &directory.home),
+        };
         let shared = Arc::new(Shared {
-            issuer: personality.issuer(&base_url),
+            issuer,
             base_url,
             personality,
+            directory: Mutex::new(directory),
             keys: Mutex::new(keys),
             clients: Mutex::new(HashMap::new()),
             settings: Mutex::new(Settings {
@@ -165,22 +198,32 @@ impl IdentityProvider {
         &self.shared.issuer
     }
 
+    /// The discovery document: the generic one, or the Entra home tenant's v2.0 document.
     pub fn discovery_url(&self) -> String {
-        self.shared
-            .personality
-            .url(&self.shared.base_url, Endpoint::Discovery)
+        self.endpoint_url(Endpoint::Discovery)
     }
 
     pub fn jwks_url(&self) -> String {
-        self.shared
-            .personality
-            .url(&self.shared.base_url, Endpoint::Jwks)
+        self.endpoint_url(Endpoint::Jwks)
     }
 
     pub fn token_url(&self) -> String {
-        self.shared
-            .personality
-            .url(&self.shared.base_url, Endpoint::Token)
+        self.endpoint_url(Endpoint::Token)
+    }
+
+    fn endpoint_url(&self, endpoint: Endpoint) -> String {
+        let base = &self.shared.base_url;
+        match self.shared.personality {
+            Personality::Generic => Personality::generic_url(base, endpoint),
+            Personality::Entra => {
+                let home = lock(&self.shared.directory).home.clone();
+                match endpoint {
+                    Endpoint::Discovery => self.entra_discovery_url(&home),
+                    Endpoint::Jwks => format!("{base}/{home}/discovery/v2.0/keys"),
+                    Endpoint::Token => self.entra_token_url(&home),
+                }
+            }
+        }
     }
 
     // ----- minting -----
@@ -291,9 +334,14 @@ impl IdentityProvider {
             .collect()
     }
 
-    /// The JWKS the provider serves now (ignoring any override).
+    /// The JWKS the provider serves now (ignoring any override). The Entra personality serves
+    /// the RSA keys only, as Entra does.
     pub fn jwks(&self) -> Value {
-        lock(&self.shared.keys).jwks()
+        let jwks = lock(&self.shared.keys).jwks();
+        match self.shared.personality {
+            Personality::Generic => jwks,
+            Personality::Entra => entra::rsa_only(jwks),
+        }
     }
 
     /// The current HMAC secret, standard base64.
@@ -384,9 +432,14 @@ impl IdentityProvider {
 
     /// The discovery document the provider would serve without an override.
     pub fn discovery_document(&self) -> Value {
-        self.shared
-            .personality
-            .discovery_document(&self.shared.base_url)
+        let base = &self.shared.base_url;
+        match self.shared.personality {
+            Personality::Generic => Personality::generic_discovery_document(base),
+            Personality::Entra => {
+                let home = lock(&self.shared.directory).home.clone();
+                entra::discovery_document(base, &home, &entra::Scope::Tenant(home.clone()), false)
+            }
+        }
     }
 
     /// Discovery requests received, including those answered 503.
@@ -438,6 +491,86 @@ impl IdentityProvider {
     /// The lifetime of tokens from the token endpoint (default one hour).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         lock(&self.shared.settings).token_lifetime = lifetime;
+    }
+}
+
+/// Microsoft Entra ID personality. The methods compute URLs and claims for any personality;
+/// only a provider started with [`IdentityProvider::start_entra`] serves them.
+impl IdentityProvider {
+    /// The home directory of an Entra provider (empty for the generic personality).
+    pub fn tenant_id(&self) -> String {
+        lock(&self.shared.directory).home.clone()
+    }
+
+    /// Serves another directory under the same authority, for multi-tenant tests. Entra signs
+    /// every tenant's tokens with the same keys, and so does this provider.
+    pub fn add_tenant(&self, tenant_id: &str) {
+        lock(&self.shared.directory).add_tenant(tenant_id);
+    }
+
+    /// Lets paths name `tenant_id` by a domain, as `contoso.onmicrosoft.com` names a tenant.
+    pub fn add_tenant_domain(&self, domain: &str, tenant_id: &str) {
+        lock(&self.shared.directory).add_domain(domain, tenant_id);
+    }
+
+    /// Registers an API the token endpoint issues tokens for; the token version follows its
+    /// `access_token_accepted_version`. Registering an app id again replaces it.
+    pub fn register_api(&self, api: EntraApi) {
+        lock(&self.shared.directory).register_api(api);
+    }
+
+    /// `{authority}/{tenant}/v2.0` or, for v1.0, `{authority}/{tenant}/`.
+    pub fn entra_issuer(&self, version: EntraTokenVersion, tenant: &str) -> String {
+        entra::issuer(&self.shared.base_url, version, tenant)
+    }
+
+    /// The v2.0 discovery document of a tenant id, domain, `organizations` or `common`.
+    pub fn entra_discovery_url(&self, tenant: &str) -> String {
+        format!(
+            "{}/{tenant}/v2.0/.well-known/openid-configuration",
+            self.shared.base_url
+        )
+    }
+
+    /// The v2.0 token endpoint of a tenant id or domain.
+    pub fn entra_token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.shared.base_url)
+    }
+
+    /// An app-only access token's claims as Entra shapes them for `client_id` calling the API
+    /// `audience` in `tenant`: `iss`, `aud`, `tid`, `oid`, `sub`, `ver`, `iat`, `nbf`, `exp`,
+    /// plus `appid`, `appidacr` and `idp` (v1.0) or `azp` and `azpacr` (v2.0). Add `roles` or
+    /// `scp` by indexing.
+    pub fn entra_claims(
+        &self,
+        version: EntraTokenVersion,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+    ) -> Value {
+        entra::access_token_claims(
+            &self.shared.base_url,
+            version,
+            tenant,
+            client_id,
+            audience,
+            unix_now(),
+            DEFAULT_LIFETIME.as_secs(),
+        )
+    }
+
+    /// [`entra_claims`](Self::entra_claims) signed with the current RSA key (RS256).
+    pub fn entra_token(
+        &self,
+        version: EntraTokenVersion,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+    ) -> String {
+        self.sign(
+            Algorithm::RS256,
+            &self.entra_claims(version, tenant, client_id, audience),
+        )
     }
 }
 

@@ -1,9 +1,10 @@
-//! Where each endpoint lives and what the discovery document says. A personality decides both, so
-//! another provider layout (tenant-scoped paths, say) is one more variant here rather than a new
-//! server.
+//! Where each endpoint lives and what the discovery document says. A personality decides both:
+//! the generic provider serves fixed paths, the Entra personality tenant-scoped ones (see
+//! [`super::entra`]).
 
 use serde_json::{Value, json};
 
+use super::entra;
 use super::keys::{KeyFamily, alg_name};
 
 /// The endpoints the provider serves.
@@ -14,47 +15,67 @@ pub(crate) enum Endpoint {
     Token,
 }
 
+/// A request path resolved: the endpoint, and for tenant-scoped layouts the tenant segment of
+/// the path and whether it is a v1.0 (unversioned) path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) tenant: Option<String>,
+    pub(crate) v1: bool,
+}
+
+impl Route {
+    fn plain(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            tenant: None,
+            v1: false,
+        }
+    }
+}
+
 /// The URL layout and token shapes of the provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Personality {
     /// A plain OIDC provider: issuer is the base URL, endpoints at fixed paths under it.
     Generic,
+    /// Microsoft Entra ID: `/{tenant}/v2.0/.well-known/openid-configuration`,
+    /// `/{tenant}/discovery/v2.0/keys`, `/{tenant}/oauth2/v2.0/token`.
+    Entra,
 }
 
 impl Personality {
     /// The endpoint a request path addresses, if any.
-    pub(crate) fn resolve(&self, path: &str) -> Option<Endpoint> {
+    pub(crate) fn resolve(self, path: &str) -> Option<Route> {
         match self {
             Personality::Generic => match path {
-                "/.well-known/openid-configuration" => Some(Endpoint::Discovery),
-                "/keys" => Some(Endpoint::Jwks),
-                "/token" => Some(Endpoint::Token),
+                "/.well-known/openid-configuration" => Some(Route::plain(Endpoint::Discovery)),
+                "/keys" => Some(Route::plain(Endpoint::Jwks)),
+                "/token" => Some(Route::plain(Endpoint::Token)),
                 _ => None,
             },
+            Personality::Entra => entra::resolve(path),
         }
     }
 
-    /// The issuer for a server reachable at `base` (`http://127.0.0.1:port`, no trailing slash).
-    pub(crate) fn issuer(&self, base: &str) -> String {
-        match self {
-            Personality::Generic => base.to_owned(),
+    /// The generic issuer for a server reachable at `base` (`http://127.0.0.1:port`, no
+    /// trailing slash).
+    pub(crate) fn generic_issuer(base: &str) -> String {
+        base.to_owned()
+    }
+
+    /// The absolute URL of a generic endpoint.
+    pub(crate) fn generic_url(base: &str, endpoint: Endpoint) -> String {
+        match endpoint {
+            Endpoint::Discovery => format!("{base}/.well-known/openid-configuration"),
+            Endpoint::Jwks => format!("{base}/keys"),
+            Endpoint::Token => format!("{base}/token"),
         }
     }
 
-    /// The absolute URL of an endpoint.
-    pub(crate) fn url(&self, base: &str, endpoint: Endpoint) -> String {
-        match self {
-            Personality::Generic => match endpoint {
-                Endpoint::Discovery => format!("{base}/.well-known/openid-configuration"),
-                Endpoint::Jwks => format!("{base}/keys"),
-                Endpoint::Token => format!("{base}/token"),
-            },
-        }
-    }
-
-    /// The OpenID Provider Metadata document (OpenID Connect Discovery 1.0, section 3).
-    pub(crate) fn discovery_document(&self, base: &str) -> Value {
-        let issuer = self.issuer(base);
+    /// The generic OpenID Provider Metadata document (OpenID Connect Discovery 1.0, section 3).
+    pub(crate) fn generic_discovery_document(base: &str) -> Value {
+        let issuer = Self::generic_issuer(base);
         let algs: Vec<String> = KeyFamily::ALL
             .iter()
             .filter(|f| f.is_public())
@@ -63,8 +84,8 @@ impl Personality {
             .collect();
         json!({
             "issuer": issuer,
-            "jwks_uri": self.url(base, Endpoint::Jwks),
-            "token_endpoint": self.url(base, Endpoint::Token),
+            "jwks_uri": Self::generic_url(base, Endpoint::Jwks),
+            "token_endpoint": Self::generic_url(base, Endpoint::Token),
             // Required by the discovery spec; the provider has no interactive login, so
             // nothing answers there.
             "authorization_endpoint": format!("{issuer}/authorize"),
@@ -78,26 +99,23 @@ impl Personality {
         })
     }
 
-    /// Claims of an access token granted to `client_id` for `audience` by the token endpoint.
-    pub(crate) fn access_token_claims(
-        &self,
+    /// Claims of a generic access token granted to `client_id` for `audience`.
+    pub(crate) fn generic_access_token_claims(
         issuer: &str,
         client_id: &str,
         audience: &str,
         now: u64,
         lifetime_secs: u64,
     ) -> Value {
-        match self {
-            Personality::Generic => json!({
-                "iss": issuer,
-                "aud": audience,
-                "sub": client_id,
-                "azp": client_id,
-                "client_id": client_id,
-                "iat": now,
-                "nbf": now,
-                "exp": now + lifetime_secs,
-            }),
-        }
+        json!({
+            "iss": issuer,
+            "aud": audience,
+            "sub": client_id,
+            "azp": client_id,
+            "client_id": client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime_secs,
+        })
     }
 }

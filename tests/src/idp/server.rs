@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::routes::Endpoint;
-use super::{Shared, lock, token};
+use super::routes::{Endpoint, Personality, Route};
+use super::{Shared, entra, lock, token};
 
 /// Stops the accept loop, and with it every open connection, when dropped.
 pub(crate) struct ServerTask(JoinHandle<()>);
@@ -62,15 +62,26 @@ pub(crate) fn spawn(listener: TcpListener, shared: Arc<Shared>) -> ServerTask {
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(endpoint) = shared.personality.resolve(req.uri().path()) else {
+    let Some(route) = shared.personality.resolve(req.uri().path()) else {
         return json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": "not_found", "error_description": "no such endpoint" }),
         );
     };
-    match endpoint {
+    // Entra paths name a tenant: one the directory does not know is refused as Entra does.
+    let scope = match &route.tenant {
+        None => None,
+        Some(segment) => match lock(&shared.directory).scope(segment) {
+            Some(scope) => Some(scope),
+            None => {
+                let (status, body) = entra::unknown_tenant(segment);
+                return json_response(status, &body);
+            }
+        },
+    };
+    match route.endpoint {
         Endpoint::Discovery | Endpoint::Jwks => {
-            let counter = if endpoint == Endpoint::Discovery {
+            let counter = if route.endpoint == Endpoint::Discovery {
                 &shared.discovery_fetches
             } else {
                 &shared.jwks_fetches
@@ -87,8 +98,8 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
                     &json!({ "error": "temporarily_unavailable" }),
                 );
             }
-            if endpoint == Endpoint::Discovery {
-                discovery(shared)
+            if route.endpoint == Endpoint::Discovery {
+                discovery(shared, &route, scope.as_ref())
             } else {
                 jwks(shared)
             }
@@ -98,7 +109,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             if req.method() != Method::POST {
                 return method_not_allowed("POST");
             }
-            token::handle(shared, req).await
+            token::handle(shared, &route, req).await
         }
     }
 }
@@ -110,10 +121,18 @@ async fn fault_delay(shared: &Shared) {
     }
 }
 
-fn discovery(shared: &Shared) -> Response<Full<Bytes>> {
+fn discovery(
+    shared: &Shared,
+    route: &Route,
+    scope: Option<&entra::Scope>,
+) -> Response<Full<Bytes>> {
     let document = lock(&shared.settings).discovery_override.clone();
-    let document =
-        document.unwrap_or_else(|| shared.personality.discovery_document(&shared.base_url));
+    let document = document.unwrap_or_else(|| match (&route.tenant, scope) {
+        (Some(segment), Some(scope)) => {
+            entra::discovery_document(&shared.base_url, segment, scope, route.v1)
+        }
+        _ => Personality::generic_discovery_document(&shared.base_url),
+    });
     json_response(StatusCode::OK, &document)
 }
 
@@ -121,7 +140,14 @@ fn jwks(shared: &Shared) -> Response<Full<Bytes>> {
     let raw = lock(&shared.settings).jwks_override.clone();
     let body = match raw {
         Some(raw) => Bytes::from(raw),
-        None => Bytes::from(lock(&shared.keys).jwks().to_string()),
+        None => {
+            let jwks = lock(&shared.keys).jwks();
+            let jwks = match shared.personality {
+                Personality::Generic => jwks,
+                Personality::Entra => entra::rsa_only(jwks),
+            };
+            Bytes::from(jwks.to_string())
+        }
     };
     // No caching headers: tests drive refresh timing through the sidecar's own settings.
     bytes_response(StatusCode::OK, body)

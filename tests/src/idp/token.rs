@@ -15,7 +15,8 @@ use serde_json::json;
 
 use super::jws::{self, SignWith};
 use super::keys::alg_name;
-use super::{Shared, lock, unix_now};
+use super::routes::{Personality, Route};
+use super::{Shared, entra, lock, unix_now};
 use crate::idp::server::json_response;
 
 /// Token requests are a few hundred bytes; anything far larger is not a token request.
@@ -71,8 +72,12 @@ fn no_store(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     resp
 }
 
-pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match grant(shared, req).await {
+pub(crate) async fn handle(
+    shared: &Shared,
+    route: &Route,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match grant(shared, route, req).await {
         Ok(resp) => no_store(resp),
         Err(err) => err.response(),
     }
@@ -80,6 +85,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
 
 async fn grant(
     shared: &Shared,
+    route: &Route,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, OAuthError> {
     let (parts, body) = req.into_parts();
@@ -125,20 +131,40 @@ async fn grant(
         }
     };
 
-    let audience = audience_from_scope(form.get("scope").map(String::as_str))?;
+    let resource = audience_from_scope(form.get("scope").map(String::as_str))?;
 
     let (alg, lifetime) = {
         let settings = lock(&shared.settings);
         (settings.token_alg, settings.token_lifetime)
     };
     let lifetime_secs = lifetime.as_secs();
-    let mut claims = shared.personality.access_token_claims(
-        &shared.issuer,
-        &client_id,
-        &audience,
-        unix_now(),
-        lifetime_secs,
-    );
+    let mut claims = match (shared.personality, &route.tenant) {
+        (Personality::Entra, Some(segment)) => {
+            let granted = entra::grant(&lock(&shared.directory), segment, &resource);
+            let (tenant, version, audience) =
+                granted.map_err(|(code, description)| OAuthError {
+                    status: StatusCode::BAD_REQUEST,
+                    code,
+                    description,
+                })?;
+            entra::access_token_claims(
+                &shared.base_url,
+                version,
+                &tenant,
+                &client_id,
+                &audience,
+                unix_now(),
+                lifetime_secs,
+            )
+        }
+        _ => Personality::generic_access_token_claims(
+            &shared.issuer,
+            &client_id,
+            &resource,
+            unix_now(),
+            lifetime_secs,
+        ),
+    };
     if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra_claims.as_object()) {
         for (name, value) in extra {
             claims.insert(name.clone(), value.clone());
