@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokengate_policy::status::condition;
-use tokengate_policy::{RemoteKeySource, TokenPolicy, TokenPolicySpec, TokenPolicyStatus};
+use tokengate_policy::{TokenPolicy, TokenPolicySpec, TokenPolicyStatus};
 use tokengate_sidecar::keyset::{KeyCache, Source};
 
 use crate::metrics::Metrics;
@@ -498,20 +498,6 @@ fn mode(spec: &TokenPolicySpec) -> &'static str {
     }
 }
 
-/// The remote key sources a policy uses.
-pub fn remote_sources(spec: &TokenPolicySpec) -> Vec<RemoteKeySource> {
-    let mut sources = Vec::new();
-    if let Some(jwt) = &spec.validate_jwt {
-        sources.extend(
-            jwt.openid_configs
-                .iter()
-                .map(|c| RemoteKeySource::Discovery(c.url.clone())),
-        );
-        sources.extend(jwt.jwks_uris.iter().cloned().map(RemoteKeySource::Jwks));
-    }
-    sources
-}
-
 /// Looks at the key sources every policy uses and asks for a reconcile of each policy whose
 /// sources changed state (first keys fetched, a fetch failed, a failed source recovered), so
 /// `KeysResolved` follows the identity providers without reconciling every policy on a timer.
@@ -571,7 +557,7 @@ fn check_keys(
     secret_problems: Option<&Vec<String>>,
 ) -> Condition {
     let generation = policy.metadata.generation;
-    let ids = remote_sources(&policy.spec);
+    let ids = tokengate_policy::remote_key_sources(&policy.spec);
     let sources = ctx.keys.sources(&ids);
     let max_stale = ctx.keys.settings().max_stale;
     // Recorded before the condition is computed: a change in between triggers one more

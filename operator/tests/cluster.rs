@@ -298,6 +298,30 @@ async fn examples_render_into_the_bundle_and_follow_edits_and_deletion() {
         message.contains("https://login.example.com/.well-known/openid-configuration"),
         "{message}"
     );
+    // Entra mode: the same bundle, the discovery document derived from the tenant.
+    let entra = example("entra-orders-api.yaml", &namespace);
+    policies
+        .create(&PostParams::default(), &entra)
+        .await
+        .expect("create entra-orders-api");
+    wait_condition(&policies, "entra-orders-api", "Ready", "True").await;
+    let stored = policies.get("entra-orders-api").await.expect("get");
+    assert_eq!(
+        stored.status.and_then(|s| s.mode).as_deref(),
+        Some("validateAzureAdToken")
+    );
+    let (_, message) = wait_condition(&policies, "entra-orders-api", "KeysResolved", "False").await;
+    assert!(
+        message.contains(
+            "https://login.microsoftonline.com/8d2f6c1e-4b7a-4c3d-9e5f-1a2b3c4d5e6f/v2.0/.well-known/openid-configuration"
+        ),
+        "{message}"
+    );
+    policies
+        .delete("entra-orders-api", &DeleteParams::default())
+        .await
+        .expect("delete entra-orders-api");
+
     // Private access: the example's NetworkPolicy.
     let network_policy = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
         .get("tokengate-orders-api")
