@@ -33,11 +33,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::process::LogFormat;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod keyset;
 pub mod load;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod reject;
 pub mod reload;

@@ -1,5 +1,6 @@
 use clap::Parser as _;
-use tokengate_sidecar::cli::{Cli, Command, EXIT_CONFIG, LogFormat};
+use tokengate_sidecar::cli::{Cli, Command, EXIT_CONFIG};
+use tokengate_sidecar::process::{init_logging, wait_for_signal};
 
 #[tokio::main]
 async fn main() {
@@ -28,34 +29,4 @@ async fn main() {
         },
     };
     std::process::exit(code);
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
