@@ -23,6 +23,8 @@ pub struct VerifiedToken {
     pub issuer: Option<String>,
     pub expires_at: Option<f64>,
     pub not_before: Option<f64>,
+    /// The key whose signature verified the token; `None` for unsigned tokens.
+    pub verified_by: Option<crate::token_cache::KeyFingerprint>,
 }
 
 /// Receives each check as it runs, for `tokengate-sidecar check`. Messages may quote token
@@ -136,6 +138,7 @@ fn verify_inner(
         Some(alg)
     };
 
+    let mut verifying_key = None;
     if let Some(alg) = algorithm {
         // Decoded here only to tell a malformed token from a wrong signature.
         URL_SAFE_NO_PAD
@@ -157,14 +160,17 @@ fn verify_inner(
             .iter()
             .find(|key| verify_signature(parts.signature, message, key, alg));
         match verified_by {
-            Some(key) => trace.step(
-                "signature",
-                true,
-                format!(
-                    "verified with key {}",
-                    key.kid.as_deref().unwrap_or("(no kid)")
-                ),
-            ),
+            Some(key) => {
+                verifying_key = Some(crate::token_cache::key_fingerprint(key));
+                trace.step(
+                    "signature",
+                    true,
+                    format!(
+                        "verified with key {}",
+                        key.kid.as_deref().unwrap_or("(no kid)")
+                    ),
+                );
+            }
             None => {
                 return Err(Rejection::new(
                     RejectReason::TokenSignatureInvalid,
@@ -210,6 +216,7 @@ fn verify_inner(
         issuer,
         expires_at,
         not_before,
+        verified_by: verifying_key,
     })
 }
 

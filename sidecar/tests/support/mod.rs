@@ -12,6 +12,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokengate_sidecar::gate::StartupMode;
 use tokengate_sidecar::keyset::KeySettings;
 use tokengate_sidecar::proxy::{UpstreamProtocol, UpstreamSettings};
 use tokengate_sidecar::server::Limits;
@@ -182,6 +183,7 @@ impl Bench {
 pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
     SidecarConfig {
         policy_files,
+        bundle: None,
         pod_labels: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -200,6 +202,9 @@ pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
         limits: Limits::default(),
         extra_ca: None,
         reload_interval: Duration::from_millis(100),
+        token_cache_entries: tokengate_sidecar::token_cache::DEFAULT_ENTRIES,
+        startup: StartupMode::FailClosed,
+        startup_timeout: Duration::from_secs(10),
     }
 }
 
