@@ -174,37 +174,53 @@ fn apply(gate: &Gate, metrics: &Metrics, chosen: Option<CompiledPolicy>, conflic
     }
 }
 
-/// Polls the inputs every `interval` until shutdown, reloading on change.
+impl PolicyInputs {
+    /// [`reload`], returning the fingerprint of the inputs it read: taken before reading, so
+    /// that a change made during the load is seen by the next poll.
+    pub fn reload_tracked(
+        &mut self,
+        gate: &Gate,
+        metrics: &Metrics,
+    ) -> (u64, anyhow::Result<()>) {
+        let before = self.fingerprint();
+        let key_files = self.key_files.clone();
+        let result = reload(self, gate, metrics);
+        // A load that named other key files changes what is watched.
+        let seen = if self.key_files == key_files {
+            before
+        } else {
+            self.fingerprint()
+        };
+        (seen, result)
+    }
+}
+
+/// Polls the inputs every `interval` until shutdown, reloading on change. `seen` is the
+/// fingerprint of what was last loaded.
 pub async fn watch_inputs(
     mut inputs: PolicyInputs,
+    mut seen: u64,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = inputs.fingerprint();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let current = inputs.fingerprint();
-        if current == seen {
+        if inputs.fingerprint() == seen {
             continue;
         }
-        let key_files = inputs.key_files.clone();
-        if let Err(err) = reload(&mut inputs, &gate, &metrics) {
+        // Failed contents are remembered too: one error per change, not one per poll.
+        let (fingerprint, result) = inputs.reload_tracked(&gate, &metrics);
+        seen = fingerprint;
+        if let Err(err) = result {
             tracing::error!(
                 error = format!("{err:#}"),
                 "policy change refused; the last good policy stays in force"
             );
         }
-        // Failed contents are remembered too: one error per change, not one per poll. A load
-        // that named other key files changes what is watched.
-        seen = if inputs.key_files == key_files {
-            current
-        } else {
-            inputs.fingerprint()
-        };
     }
 }

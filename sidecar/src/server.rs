@@ -20,7 +20,7 @@ use crate::gate::{Gate, Startup, StartupMode};
 use crate::keyset::{KeyCache, KeySettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamSettings};
-use crate::reload::{PolicyInputs, PolicySource, reload, watch_inputs};
+use crate::reload::{PolicyInputs, PolicySource, watch_inputs};
 use crate::token_cache::TokenCache;
 
 /// Connection limits of the proxy listener.
@@ -120,7 +120,8 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
 
     let bundle = matches!(source, PolicySource::Bundle(_));
     let mut inputs = PolicyInputs::new(source, config.pod_labels.clone());
-    match reload(&mut inputs, &gate, &metrics) {
+    let (seen, loaded) = inputs.reload_tracked(&gate, &metrics);
+    match loaded {
         Ok(()) => {}
         Err(err) if bundle => tracing::error!(
             error = format!("{err:#}"),
@@ -153,6 +154,7 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
     ));
     tokio::spawn(watch_inputs(
         inputs,
+        seen,
         Arc::clone(&gate),
         Arc::clone(&metrics),
         config.reload_interval,
