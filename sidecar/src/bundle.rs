@@ -119,19 +119,22 @@ pub fn load(dir: &Path) -> BundleLoad {
                 .filter(|p| !p.starts_with(&keys_dir)),
         );
         match result {
-            Ok(policies) => load.policies.extend(policies.into_iter().map(|policy| {
-                BundlePolicy {
+            Ok(policies) => load
+                .policies
+                .extend(policies.into_iter().map(|policy| BundlePolicy {
                     file: file.clone(),
                     policy,
-                }
-            })),
+                })),
             Err(error) => load.failures.push(BundleFailure { file, error }),
         }
     }
     load
 }
 
-fn compile_file(path: &Path, resolver: &WatchedKeyFiles<'_>) -> anyhow::Result<Vec<CompiledPolicy>> {
+fn compile_file(
+    path: &Path,
+    resolver: &WatchedKeyFiles<'_>,
+) -> anyhow::Result<Vec<CompiledPolicy>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading bundle file {}", path.display()))?;
     let docs = parse_documents(&text).with_context(|| format!("bundle file {}", path.display()))?;
@@ -163,10 +166,16 @@ mod tests {
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
         )
         .expect("key");
-        std::fs::write(root.join(POLICIES_DIR).join("good.yaml"), policy("good", "key"))
-            .expect("good");
-        std::fs::write(root.join(POLICIES_DIR).join("bad.yaml"), policy("bad", "other"))
-            .expect("bad");
+        std::fs::write(
+            root.join(POLICIES_DIR).join("good.yaml"),
+            policy("good", "key"),
+        )
+        .expect("good");
+        std::fs::write(
+            root.join(POLICIES_DIR).join("bad.yaml"),
+            policy("bad", "other"),
+        )
+        .expect("bad");
         std::fs::write(root.join(POLICIES_DIR).join("..hidden"), "not read").expect("hidden");
 
         let load = load(root);
@@ -188,7 +197,12 @@ mod tests {
     fn secret_names_cannot_leave_the_keys_directory() {
         let dir = tempfile::tempdir().expect("dir");
         let resolver = WatchedKeyFiles::new(dir.path(), Some(dir.path()));
-        for (name, key) in [("../etc", "passwd"), ("a/b", "k"), ("..data", "k"), ("s", "")] {
+        for (name, key) in [
+            ("../etc", "passwd"),
+            ("a/b", "k"),
+            ("..data", "k"),
+            ("s", ""),
+        ] {
             let result = tokengate_policy::KeyFiles::read_secret(&resolver, name, key);
             assert!(
                 matches!(result, Some(Err(ref e)) if e.kind() == std::io::ErrorKind::InvalidInput),

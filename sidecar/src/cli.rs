@@ -52,7 +52,11 @@ pub enum Command {
 pub struct RunArgs {
     /// TokenPolicy YAML file (the same file `kubectl apply` takes); repeatable. Re-read when
     /// it changes.
-    #[arg(long = "policy", required_unless_present = "bundle", conflicts_with = "bundle")]
+    #[arg(
+        long = "policy",
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
     pub policies: Vec<PathBuf>,
 
     /// The operator's bundle as mounted in the pod: DIR/policies (ConfigMap

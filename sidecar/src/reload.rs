@@ -78,11 +78,7 @@ impl PolicyInputs {
     /// Compiles the policies and chooses the one for this pod: the chosen policy and the
     /// names of the others that also select it.
     fn load(&mut self, metrics: &Metrics) -> anyhow::Result<(Option<CompiledPolicy>, Vec<String>)> {
-        let labels = self
-            .pod_labels
-            .as_deref()
-            .map(load_pod_labels)
-            .transpose();
+        let labels = self.pod_labels.as_deref().map(load_pod_labels).transpose();
         match &self.source {
             PolicySource::Files(files) => {
                 let mut key_files = Vec::new();
@@ -119,11 +115,9 @@ impl PolicyInputs {
                     candidates.iter().map(|(_, p)| p.clone()).collect(),
                     labels.as_ref(),
                 );
-                self.in_force = chosen.as_ref().and_then(|chosen| {
-                    candidates
-                        .into_iter()
-                        .find(|(_, p)| p.name == chosen.name)
-                });
+                self.in_force = chosen
+                    .as_ref()
+                    .and_then(|chosen| candidates.into_iter().find(|(_, p)| p.name == chosen.name));
                 Ok((chosen, conflicts))
             }
         }
@@ -177,11 +171,7 @@ fn apply(gate: &Gate, metrics: &Metrics, chosen: Option<CompiledPolicy>, conflic
 impl PolicyInputs {
     /// [`reload`], returning the fingerprint of the inputs it read: taken before reading, so
     /// that a change made during the load is seen by the next poll.
-    pub fn reload_tracked(
-        &mut self,
-        gate: &Gate,
-        metrics: &Metrics,
-    ) -> (u64, anyhow::Result<()>) {
+    pub fn reload_tracked(&mut self, gate: &Gate, metrics: &Metrics) -> (u64, anyhow::Result<()>) {
         let before = self.fingerprint();
         let key_files = self.key_files.clone();
         let result = reload(self, gate, metrics);

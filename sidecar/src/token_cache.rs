@@ -75,7 +75,8 @@ pub enum Lookup {
     Refused(Rejection),
 }
 
-type Entries = Cache<CacheKey, Arc<VerifiedToken>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+type Entries =
+    Cache<CacheKey, Arc<VerifiedToken>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
 
 pub struct TokenCache {
     /// `None` when disabled.

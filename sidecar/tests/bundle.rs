@@ -46,7 +46,10 @@ impl BundleBench {
         let dir = tempfile::tempdir().expect("dir");
         let bundle = dir.path().join("bundle");
         let mut labels = Projected::new(dir.path().join("podinfo"));
-        labels.publish(&[("labels", &format!("app=\"{app}\"\npod-template-hash=\"5d\"\n"))]);
+        labels.publish(&[(
+            "labels",
+            &format!("app=\"{app}\"\npod-template-hash=\"5d\"\n"),
+        )]);
         let mut config = support::config(Vec::new(), &echo);
         config.bundle = Some(bundle.clone());
         config.pod_labels = Some(labels.dir.join("labels"));
@@ -61,8 +64,10 @@ impl BundleBench {
     }
 
     fn set_app(&mut self, app: &str) {
-        self.labels
-            .publish(&[("labels", &format!("app=\"{app}\"\npod-template-hash=\"5d\"\n"))]);
+        self.labels.publish(&[(
+            "labels",
+            &format!("app=\"{app}\"\npod-template-hash=\"5d\"\n"),
+        )]);
     }
 
     /// Which claim header the application saw, or the refusal reason.
@@ -120,8 +125,14 @@ async fn pod_labels_choose_between_bundle_policies_live() {
     let mut b = BundleBench::start("a").await;
     let idp = b.bench.idp.clone();
     b.policies.publish(&[
-        ("pa.yaml", &rendered("pa", "a", "2026-01-01T00:00:00Z", &idp, "X-A")),
-        ("pb.yaml", &rendered("pb", "b", "2026-01-01T00:00:00Z", &idp, "X-B")),
+        (
+            "pa.yaml",
+            &rendered("pa", "a", "2026-01-01T00:00:00Z", &idp, "X-A"),
+        ),
+        (
+            "pb.yaml",
+            &rendered("pb", "b", "2026-01-01T00:00:00Z", &idp, "X-B"),
+        ),
     ]);
     b.eventually("x-a").await;
     b.set_app("b");
@@ -149,8 +160,14 @@ async fn a_bundle_appearing_late_and_policies_added_and_removed_live() {
     assert_eq!(b.outcome().await, "NoPolicy", "pb selects other pods");
 
     b.policies.publish(&[
-        ("pb.yaml", &rendered("pb", "b", "2026-01-01T00:00:00Z", &idp, "X-B")),
-        ("pa.yaml", &rendered("pa", "a", "2026-01-02T00:00:00Z", &idp, "X-A")),
+        (
+            "pb.yaml",
+            &rendered("pb", "b", "2026-01-01T00:00:00Z", &idp, "X-B"),
+        ),
+        (
+            "pa.yaml",
+            &rendered("pa", "a", "2026-01-02T00:00:00Z", &idp, "X-A"),
+        ),
     ]);
     b.eventually("x-a").await;
     b.bench.wait_ready().await;
@@ -169,7 +186,10 @@ async fn a_broken_file_is_skipped_and_the_policy_in_force_keeps_its_last_good_ve
     let idp = b.bench.idp.clone();
     let older = rendered("older", "a", "2026-01-01T00:00:00Z", &idp, "X-A");
     b.policies.publish(&[
-        ("broken.yaml", "apiVersion: tokengate.dev/v1alpha1\nkind: [oops"),
+        (
+            "broken.yaml",
+            "apiVersion: tokengate.dev/v1alpha1\nkind: [oops",
+        ),
         ("older.yaml", &older),
         (
             "invalid.yaml",
@@ -183,7 +203,10 @@ async fn a_broken_file_is_skipped_and_the_policy_in_force_keeps_its_last_good_ve
     // The policy in force becomes invalid: its last good version stays.
     let errors = b.errors();
     b.policies.publish(&[
-        ("broken.yaml", "apiVersion: tokengate.dev/v1alpha1\nkind: [oops"),
+        (
+            "broken.yaml",
+            "apiVersion: tokengate.dev/v1alpha1\nkind: [oops",
+        ),
         (
             "older.yaml",
             &older.replace("matchLabels: {app: a}", "matchLabels: {}"),
@@ -217,7 +240,10 @@ async fn several_matching_policies_resolve_to_the_oldest_then_by_name() {
     ]);
     b.eventually("x-b").await;
     let active = b.bench.sidecar.gate.active.load_full();
-    assert_eq!(active.map(|a| a.policy.name.clone()).as_deref(), Some("zeta"));
+    assert_eq!(
+        active.map(|a| a.policy.name.clone()).as_deref(),
+        Some("zeta")
+    );
 
     // Same age: the name decides.
     b.policies.publish(&[
@@ -257,8 +283,10 @@ async fn secret_ref_keys_come_from_the_bundle_and_rotate_with_a_data_swap() {
     );
 
     // Rotation: kubelet swaps `..data` to a version holding the new key.
-    b.keys
-        .publish(&[("hmac.signing", &format!("{}\n", STANDARD.encode(new_secret)))]);
+    b.keys.publish(&[(
+        "hmac.signing",
+        &format!("{}\n", STANDARD.encode(new_secret)),
+    )]);
     wait_until("rotated key applied", async || {
         b.bench.get_with_token("/", &new_token).await.status == StatusCode::OK
     })
@@ -314,8 +342,14 @@ async fn swaps_under_load_through_the_bundle_lose_no_request() {
     for client in clients {
         client.await.expect("no request failed");
     }
-    let (a, bb) = (seen[0].load(Ordering::Relaxed), seen[1].load(Ordering::Relaxed));
-    println!("{} requests during 60 bundle swaps: {a} judged by X-A, {bb} by X-B", a + bb);
+    let (a, bb) = (
+        seen[0].load(Ordering::Relaxed),
+        seen[1].load(Ordering::Relaxed),
+    );
+    println!(
+        "{} requests during 60 bundle swaps: {a} judged by X-A, {bb} by X-B",
+        a + bb
+    );
     assert!(a > 0 && bb > 0, "both versions applied: {a} / {bb}");
     let errors = bench.metric("tokengate_policy_reloads_total", &[("result", "error")]);
     assert!(errors >= 1.0, "the broken version was counted");

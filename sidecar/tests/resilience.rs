@@ -303,7 +303,11 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
     let took = flood.elapsed();
     println!("100 requests with a remembered unknown kid answered in {took:?}");
     assert!(took < Duration::from_millis(500), "{took:?}");
-    assert_eq!(bench.idp.jwks_fetches() - before, 1, "no fetch for a remembered kid");
+    assert_eq!(
+        bench.idp.jwks_fetches() - before,
+        1,
+        "no fetch for a remembered kid"
+    );
 
     // The kid appears: served once the memory lapses, with one more fetch.
     bench.idp.set_delay(None);

@@ -53,9 +53,15 @@ async fn wait_holds_early_requests_until_the_keys_arrive() {
     bench.idp.set_available(true);
     let reply = early.await.expect("request task");
     assert_eq!(reply.status, StatusCode::OK, "judged once the keys came");
-    println!("early request answered {:?} after the provider came up", up.elapsed());
+    println!(
+        "early request answered {:?} after the provider came up",
+        up.elapsed()
+    );
     assert!(bench.sidecar.ready());
-    assert_eq!(bench.get_with_token("/", &token).await.status, StatusCode::OK);
+    assert_eq!(
+        bench.get_with_token("/", &token).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,12 +78,18 @@ async fn wait_is_bounded_by_the_startup_timeout() {
     );
     // The window is over: refused at once from now on.
     let sent = Instant::now();
-    assert_eq!(bench.get_with_token("/", &token).await.reason(), "KeysUnavailable");
+    assert_eq!(
+        bench.get_with_token("/", &token).await.reason(),
+        "KeysUnavailable"
+    );
     assert!(sent.elapsed() < Duration::from_millis(300));
 
     bench.idp.set_available(true);
     wait_until("keys arrived", async || bench.sidecar.ready()).await;
-    assert_eq!(bench.get_with_token("/", &token).await.status, StatusCode::OK);
+    assert_eq!(
+        bench.get_with_token("/", &token).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -94,5 +106,8 @@ async fn fail_closed_refuses_early_requests_at_once() {
 
     bench.idp.set_available(true);
     wait_until("keys arrived", async || bench.sidecar.ready()).await;
-    assert_eq!(bench.get_with_token("/", &token).await.status, StatusCode::OK);
+    assert_eq!(
+        bench.get_with_token("/", &token).await.status,
+        StatusCode::OK
+    );
 }
