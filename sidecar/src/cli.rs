@@ -43,7 +43,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Explain the decision for one token, check by check.
     Check(CheckArgs),
 }

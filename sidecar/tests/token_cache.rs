@@ -207,7 +207,7 @@ async fn the_cache_keeps_its_bound_and_zero_disables_it() {
     }
     let held = bench.sidecar.gate.token_cache.len();
     println!("64-entry cache after 200 distinct tokens: {held} held");
-    assert!(held <= 64 && held >= 32, "{held} entries");
+    assert!((32..=64).contains(&held), "{held} entries");
     assert_eq!(cache(&bench, "evicted") as usize, 200 - held);
     assert_eq!(cache(&bench, "miss"), 200.0);
 
