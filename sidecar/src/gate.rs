@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-use arc_swap::ArcSwapOption;
 use tokengate_policy::CompiledPolicy;
 use tokengate_policy::routes::route;
 use tokengate_policy::spec::Authentication;
