@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::digest::{Context, SHA256, digest};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKeyKind};
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
@@ -40,22 +40,22 @@ pub fn key_fingerprint(key: &VerificationKey) -> KeyFingerprint {
         AlgorithmFamily::Ec => b"ec",
         AlgorithmFamily::Ed => b"ed",
     };
-    let mut material = Vec::with_capacity(600);
-    material.extend_from_slice(family);
+    let mut context = Context::new(&SHA256);
+    context.update(family);
     match key.key.kind() {
         DecodingKeyKind::SecretOrDer(bytes) => {
-            material.push(0);
-            material.extend_from_slice(bytes);
+            context.update(&[0]);
+            context.update(bytes);
         }
         DecodingKeyKind::RsaModulusExponent { n, e } => {
-            material.push(1);
-            material.extend_from_slice(&(n.len() as u64).to_be_bytes());
-            material.extend_from_slice(n);
-            material.extend_from_slice(e);
+            context.update(&[1]);
+            context.update(&(n.len() as u64).to_be_bytes());
+            context.update(n);
+            context.update(e);
         }
     }
     let mut out = [0; 32];
-    out.copy_from_slice(digest(&SHA256, &material).as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     out
 }
 
