@@ -270,14 +270,20 @@ async fn sigterm_drains_in_flight_requests() {
 /// passed; when the kid is published it is served once that memory lapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
-    let bench = std::sync::Arc::new(Bench::start(jwks).await);
+    let bench = std::sync::Arc::new(
+        Bench::start_with(jwks, |config| {
+            config.keys.miss_cooldown = Duration::from_secs(2);
+            config.keys.fetch_timeout = Duration::from_secs(5);
+        })
+        .await,
+    );
     let kid = bench.idp.add_unpublished_key(KeyFamily::Rsa);
     let token = bench
         .idp
         .sign_with_kid(&kid, Algorithm::RS256, &bench.idp.claims());
-    // A slow provider: the refetch this kid causes takes 1s, so the kid is remembered until
-    // about 2s while the source may refetch again from 1s on (the bench's cooldown is 1s).
-    bench.idp.set_delay(Some(Duration::from_secs(1)));
+    // A slow provider: the refetch this kid causes takes 1.5s, so the kid is remembered until
+    // about 3.5s while the source may refetch again from 2s on.
+    bench.idp.set_delay(Some(Duration::from_millis(1500)));
     let before = bench.idp.jwks_fetches();
     let started = Instant::now();
     assert_eq!(
@@ -285,8 +291,8 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
         "TokenSignatureKeyNotFound"
     );
     assert_eq!(bench.idp.jwks_fetches() - before, 1);
-    assert!(started.elapsed() >= Duration::from_secs(1));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let until_due = Duration::from_millis(2150).saturating_sub(started.elapsed());
+    tokio::time::sleep(until_due).await;
 
     // Past the source's cooldown, inside the kid's: a flood waits for nothing, fetches nothing.
     let flood = Instant::now();
@@ -316,6 +322,6 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
         bench.get_with_token("/", &token).await.status == StatusCode::OK
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(bench.idp.jwks_fetches() - before, 2);
 }
