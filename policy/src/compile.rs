@@ -159,6 +159,13 @@ impl fmt::Display for InvalidPolicy {
 /// Reads key files named by `issuerSigningKeys[].file`. Compilation itself does no I/O.
 pub trait KeyFiles {
     fn read(&self, path: &str) -> std::io::Result<String>;
+
+    /// Reads key `key` of Secret `name` for `issuerSigningKeys[].secretRef`, where the Secret
+    /// is mounted (the bundle's keys directory). `None`: no Secrets are available here.
+    fn read_secret(&self, name: &str, key: &str) -> Option<std::io::Result<String>> {
+        let _ = (name, key);
+        None
+    }
 }
 
 /// Validates a spec as the admission webhook does: everything but the contents of key files,
@@ -644,13 +651,29 @@ impl Compiler<'_> {
         } else if let Some(secret) = &key.secret_ref {
             if secret.name.is_empty() || secret.key.is_empty() {
                 self.error(format!("{field}.secretRef"), "needs both name and key");
-            } else if self.files.is_some() {
-                self.error(
-                    format!("{field}.secretRef"),
-                    "secretRef is resolved by the operator in a cluster; standalone, give the key as value or file",
-                );
+                return None;
             }
-            return None;
+            let files = self.files?;
+            match files.read_secret(&secret.name, &secret.key) {
+                Some(Ok(text)) => VerificationKey::from_symmetric_base64(kid, &text),
+                Some(Err(err)) => {
+                    self.error(
+                        format!("{field}.secretRef"),
+                        format!(
+                            "cannot read key {:?} of Secret {:?}: {err}",
+                            secret.key, secret.name
+                        ),
+                    );
+                    return None;
+                }
+                None => {
+                    self.error(
+                        format!("{field}.secretRef"),
+                        "secretRef is resolved by the operator in a cluster; standalone, give the key as value or file",
+                    );
+                    return None;
+                }
+            }
         } else {
             return None;
         };

@@ -1,11 +1,16 @@
-//! Validation cost per token: signature and claim checks, no network.
+//! Validation cost per token: signature and claim checks, no network; cold (full
+//! verification) and through the verified-token cache (a hit: digest, lookup, key and time
+//! rechecks).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
+use std::sync::Arc;
 use tokengate_policy::{KeyFiles, compile, parse_documents};
 use tokengate_sidecar::keyset::{KeyView, SourceKeys};
+use tokengate_sidecar::metrics::Metrics;
+use tokengate_sidecar::token_cache::{Lookup, TokenCache};
 use tokengate_sidecar::verify::{NoTrace, verify};
 use tokengate_tests::idp::{EntraTokenVersion, IdentityProvider, KeyFamily};
 
@@ -34,6 +39,7 @@ fn bench_verify(c: &mut Criterion) {
     );
     let doc = parse_documents(&text).expect("policy").remove(0);
     let policy = compile(&doc, &NoFiles).expect("compiles");
+    let metrics = Metrics::new().expect("metrics");
     let view = KeyView {
         static_keys: &policy.verification.static_keys,
         remote: Vec::new(),
@@ -42,8 +48,9 @@ fn bench_verify(c: &mut Criterion) {
         let token = idp.token(alg);
         // Taken after minting: the token's nbf is its minting second.
         let now = tokengate_sidecar::gate::unix_now() + 1.0;
-        verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
-        c.bench_function(&format!("verify {alg:?}"), |b| {
+        let verified =
+            verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
+        c.bench_function(&format!("verify {alg:?} cold"), |b| {
             b.iter(|| {
                 verify(
                     black_box(&token),
@@ -53,6 +60,19 @@ fn bench_verify(c: &mut Criterion) {
                     &mut NoTrace,
                 )
             })
+        });
+        let cache = TokenCache::new(10_000, &metrics);
+        match cache.lookup(1, &token, &policy.verification, &view, now) {
+            Lookup::Miss(Some(key)) => cache.insert(key, Arc::new(verified)),
+            _ => panic!("an empty cache misses"),
+        }
+        c.bench_function(&format!("verify {alg:?} cached"), |b| {
+            b.iter(
+                || match cache.lookup(1, black_box(&token), &policy.verification, &view, now) {
+                    Lookup::Hit(verified) => verified,
+                    _ => panic!("a cached token hits"),
+                },
+            )
         });
     }
 }

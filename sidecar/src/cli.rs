@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::gate::StartupMode;
 use crate::keyset::{KeyCache, KeySettings};
 use crate::load::{load_pod_labels, load_policy_files, select_policy};
 use crate::metrics::Metrics;
@@ -38,18 +39,31 @@ pub use crate::process::LogFormat;
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Explain the decision for one token, check by check.
     Check(CheckArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// TokenPolicy YAML file (the same file `kubectl apply` takes); repeatable.
-    #[arg(long = "policy", required = true)]
+    /// TokenPolicy YAML file (the same file `kubectl apply` takes); repeatable. Re-read when
+    /// it changes.
+    #[arg(
+        long = "policy",
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
     pub policies: Vec<PathBuf>,
 
-    /// Downward-API labels file of the pod; selects among several policies.
+    /// The operator's bundle as mounted in the pod: DIR/policies (ConfigMap
+    /// tokengate-policies, one <policy>.yaml per TokenPolicy) and DIR/keys (Secret
+    /// tokengate-keys, <secret>.<key> files for secretRef keys). Watched; may appear after
+    /// start (NoPolicy until then).
+    #[arg(long, value_name = "DIR", requires = "pod_labels")]
+    pub bundle: Option<PathBuf>,
+
+    /// Downward-API labels file of the pod; selects among several policies (the oldest
+    /// wins when several match). Re-read when it changes.
     #[arg(long)]
     pub pod_labels: Option<PathBuf>,
 
@@ -72,9 +86,23 @@ pub struct RunArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
 
-    /// How often policy and pod-label files are checked for changes.
+    /// How often policy, bundle, key and pod-label files are checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
+
+    /// Verified tokens remembered (valid tokens only, 8 KiB at most, exp rechecked on every
+    /// use); 0 disables the cache.
+    #[arg(long, default_value_t = crate::token_cache::DEFAULT_ENTRIES)]
+    pub token_cache_entries: usize,
+
+    /// Requests before the first keys arrive: failClosed answers 503 KeysUnavailable at once;
+    /// wait holds them until the keys are there (up to --startup-timeout), then judges them.
+    #[arg(long, value_enum, default_value_t = StartupMode::FailClosed)]
+    pub startup: StartupMode,
+
+    /// Longest wait for keys at startup with --startup wait, counted from the start.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub startup_timeout: Duration,
 
     /// Time a client has to send its request headers.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -103,7 +131,8 @@ pub struct KeyArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub key_refresh_interval: Duration,
 
-    /// Least time between refetches caused by unknown key ids.
+    /// Least time between refetches caused by unknown key ids; a key id still unknown after
+    /// a refetch is refused without fetching for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub key_miss_cooldown: Duration,
 
@@ -160,6 +189,7 @@ impl RunArgs {
     pub fn into_config(self) -> SidecarConfig {
         SidecarConfig {
             policy_files: self.policies,
+            bundle: self.bundle,
             pod_labels: self.pod_labels,
             listen: self.listen,
             admin: self.admin,
@@ -177,6 +207,9 @@ impl RunArgs {
             },
             extra_ca: self.keys.extra_ca_file,
             reload_interval: self.reload_interval,
+            token_cache_entries: self.token_cache_entries,
+            startup: self.startup,
+            startup_timeout: self.startup_timeout,
         }
     }
 }

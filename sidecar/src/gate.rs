@@ -1,10 +1,12 @@
 //! The decision for one request: route, token, verification, route claims.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokengate_policy::CompiledPolicy;
 use tokengate_policy::routes::route;
 use tokengate_policy::spec::Authentication;
@@ -12,6 +14,7 @@ use tokengate_policy::spec::Authentication;
 use crate::extract::{ExtractedToken, extract};
 use crate::keyset::{KeyCache, KeyView, Source};
 use crate::reject::{RejectReason, Rejection};
+use crate::token_cache::{Lookup, TokenCache};
 use crate::verify::{NoTrace, Trace, VerifiedToken, claim_rejection, verify};
 
 /// The policy in force, with the key sources it uses. Swapped whole on reload, so a request
@@ -46,7 +49,7 @@ impl ActivePolicy {
 
 /// What a permitted request carries forward.
 pub struct Permit {
-    pub token: Option<(ExtractedToken, VerifiedToken)>,
+    pub token: Option<(ExtractedToken, Arc<VerifiedToken>)>,
     /// Which check let the request through, for metrics.
     pub basis: PermitBasis,
 }
@@ -68,19 +71,88 @@ impl PermitBasis {
     }
 }
 
+/// What requests that arrive before the first keys do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartupMode {
+    /// Refused at once with 503 `KeysUnavailable`.
+    #[default]
+    #[value(name = "failClosed")]
+    FailClosed,
+    /// Held until the keys arrive (up to the startup timeout), then judged.
+    #[value(name = "wait")]
+    Wait,
+}
+
+/// The startup window during which requests may wait for keys.
+pub struct Startup {
+    deadline: Instant,
+    over: AtomicBool,
+}
+
+impl Startup {
+    /// A window of `timeout` from now.
+    pub fn new(mode: StartupMode, timeout: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            deadline: now.checked_add(timeout).unwrap_or(now),
+            over: AtomicBool::new(mode == StartupMode::FailClosed),
+        }
+    }
+
+    /// In `wait` mode and within the window: returns once every key source of the policy has
+    /// keys, or the window closes.
+    async fn wait_for_keys(&self, active: &ActivePolicy, keys: &KeyCache) {
+        if self.over.load(Ordering::Relaxed) || active.sources.is_empty() {
+            return;
+        }
+        let max_stale = keys.settings().max_stale;
+        // Subscribed before checking, so a fetch completing in between is not missed.
+        let mut fetches = keys.fetch_events();
+        loop {
+            if active
+                .sources
+                .iter()
+                .all(|source| source.current(max_stale).is_some())
+            {
+                return;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let changed = tokio::time::timeout(left, fetches.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                // The window closed: from now on requests are judged at once.
+                self.over.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
 pub struct Gate {
     pub active: ArcSwapOption<ActivePolicy>,
     pub keys: Arc<KeyCache>,
     /// Policy versions applied so far.
     pub versions: AtomicU64,
+    pub token_cache: TokenCache,
+    pub startup: Startup,
 }
 
 impl Gate {
+    /// A gate without token cache that refuses requests at once until keys arrive.
     pub fn new(keys: Arc<KeyCache>) -> Self {
+        Self::with(
+            keys,
+            TokenCache::disabled(),
+            Startup::new(StartupMode::FailClosed, Duration::ZERO),
+        )
+    }
+
+    pub fn with(keys: Arc<KeyCache>, token_cache: TokenCache, startup: Startup) -> Self {
         Self {
             active: ArcSwapOption::empty(),
             keys,
             versions: AtomicU64::new(0),
+            token_cache,
+            startup,
         }
     }
 
@@ -124,7 +196,7 @@ impl Gate {
                 _ => Err(Rejection::new(RejectReason::TokenNotPresent, "")),
             };
         };
-        let verified = self.verify(active, &extracted.token, &mut NoTrace).await?;
+        let verified = self.verify_cached(active, &extracted.token).await?;
         for requirement in route.required_claims {
             requirement.check(&verified.claims).map_err(|failure| {
                 let mut rejection = claim_rejection(failure);
@@ -138,7 +210,34 @@ impl Gate {
         })
     }
 
-    /// Verifies a token, refetching key sets once when it names a key none of them holds.
+    /// Verifies a token through the verified-token cache.
+    pub async fn verify_cached(
+        &self,
+        active: &ActivePolicy,
+        token: &str,
+    ) -> Result<Arc<VerifiedToken>, Rejection> {
+        self.startup.wait_for_keys(active, &self.keys).await;
+        let key = {
+            let view = active.key_view(&self.keys);
+            let rules = &active.policy.verification;
+            match self
+                .token_cache
+                .lookup(active.version, token, rules, &view, unix_now())
+            {
+                Lookup::Hit(verified) => return Ok(verified),
+                Lookup::Refused(rejection) => return Err(rejection),
+                Lookup::Miss(key) => key,
+            }
+        };
+        let verified = Arc::new(self.verify(active, token, &mut NoTrace).await?);
+        if let Some(key) = key {
+            self.token_cache.insert(key, Arc::clone(&verified));
+        }
+        Ok(verified)
+    }
+
+    /// Verifies a token, refetching key sets once when it names a key none of them holds
+    /// (unless every source already found that key missing within the cooldown).
     pub async fn verify(
         &self,
         active: &ActivePolicy,
@@ -159,7 +258,16 @@ impl Gate {
                 other => return other,
             }
         }
-        if self.keys.refetch_for_unknown_kid(&active.sources).await {
+        let kid = token_kid(token);
+        let known_unknown = kid
+            .as_deref()
+            .is_some_and(|kid| self.keys.is_known_unknown(&active.sources, kid));
+        if !known_unknown
+            && self
+                .keys
+                .refetch_for_unknown_kid(&active.sources, kid.as_deref())
+                .await
+        {
             let view = active.key_view(&self.keys);
             let result = verify(token, rules, &view, now, trace);
             if !matches!(&result, Err(r) if r.reason == RejectReason::TokenSignatureKeyNotFound) {
@@ -195,6 +303,14 @@ impl Gate {
             format!("no usable keys from {}", missing.join(", ")),
         )
     }
+}
+
+/// The `kid` of a token's header, read without trusting it (only to find keys).
+fn token_kid(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    header.get("kid")?.as_str().map(str::to_owned)
 }
 
 pub fn unix_now() -> f64 {

@@ -3,7 +3,9 @@
 //! Each source (discovery document or JWKS URL) is fetched before the sidecar reports ready,
 //! refreshed in the background, refetched when a token names an unknown `kid` (at most once
 //! per cooldown), and kept up to a maximum age when a refresh fails. Sources are independent:
-//! one failing URL never holds back another.
+//! one failing URL never holds back another. A `kid` still unknown after a refetch is
+//! remembered per source for the cooldown (the negative cache), so repeats of it are refused
+//! at once, without waiting on or triggering fetches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -51,6 +53,10 @@ impl Default for KeySettings {
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
+/// Most unknown `kid`s remembered per source; a flood of distinct ones clears the memory
+/// rather than growing it.
+const MAX_UNKNOWN_KIDS: usize = 4096;
+
 /// The keys of one source at one moment.
 #[derive(Debug)]
 pub struct SourceKeys {
@@ -68,6 +74,8 @@ pub struct Source {
     last_miss_fetch: Mutex<Option<Instant>>,
     /// Single flight: concurrent refetches wait for the one in progress.
     fetching: tokio::sync::Mutex<()>,
+    /// `kid`s still unknown after a refetch, with when they were found so.
+    unknown_kids: Mutex<HashMap<String, Instant>>,
 }
 
 impl Source {
@@ -78,7 +86,38 @@ impl Source {
             last_error: Mutex::new(None),
             last_miss_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            unknown_kids: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `kid` was found missing from this source less than `cooldown` ago.
+    fn is_known_unknown(&self, kid: &str, cooldown: Duration) -> bool {
+        self.unknown_kids
+            .lock()
+            .ok()
+            .and_then(|kids| kids.get(kid).map(|at| at.elapsed() < cooldown))
+            .unwrap_or(false)
+    }
+
+    fn remember_unknown(&self, kid: &str, cooldown: Duration) {
+        let Ok(mut kids) = self.unknown_kids.lock() else {
+            return;
+        };
+        if kids.len() >= MAX_UNKNOWN_KIDS {
+            kids.retain(|_, at| at.elapsed() < cooldown);
+            if kids.len() >= MAX_UNKNOWN_KIDS {
+                kids.clear();
+            }
+        }
+        kids.insert(kid.to_owned(), Instant::now());
+    }
+
+    /// Whether the source's current keys (however old) hold `kid`.
+    fn holds_kid(&self, kid: &str) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|keys| keys.keys.iter().any(|key| key.kid.as_deref() == Some(kid)))
     }
 
     /// The keys, unless the last good fetch is older than `max_stale`.
@@ -100,6 +139,8 @@ pub struct KeyCache {
     client: HttpsClient,
     settings: KeySettings,
     metrics: Arc<Metrics>,
+    /// Counts completed fetches, so that callers can wait for keys to arrive.
+    fetches: tokio::sync::watch::Sender<u64>,
 }
 
 impl KeyCache {
@@ -116,7 +157,13 @@ impl KeyCache {
             client,
             settings,
             metrics,
+            fetches: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Changes whenever a fetch completes, successfully or not.
+    pub fn fetch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fetches.subscribe()
     }
 
     pub fn settings(&self) -> &KeySettings {
@@ -159,11 +206,31 @@ impl KeyCache {
         }
     }
 
+    /// Whether every source found `kid` missing within the cooldown: the token can be refused
+    /// without a fetch.
+    pub fn is_known_unknown(&self, sources: &[Arc<Source>], kid: &str) -> bool {
+        let cooldown = self.settings.miss_cooldown;
+        !sources.is_empty()
+            && sources
+                .iter()
+                .all(|source| source.is_known_unknown(kid, cooldown))
+    }
+
     /// Refetches sources after a token named a `kid` none of them holds, at most once per
-    /// cooldown per source, so a flood of made-up `kid`s cannot amplify into fetches.
-    pub async fn refetch_for_unknown_kid(&self, sources: &[Arc<Source>]) -> bool {
+    /// cooldown per source, so a flood of made-up `kid`s cannot amplify into fetches. Sources
+    /// that found this `kid` missing within the cooldown are not asked again; a source that
+    /// still lacks it afterwards remembers that.
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        sources: &[Arc<Source>],
+        kid: Option<&str>,
+    ) -> bool {
+        let cooldown = self.settings.miss_cooldown;
         let mut refreshed = false;
         for source in sources {
+            if kid.is_some_and(|kid| source.is_known_unknown(kid, cooldown)) {
+                continue;
+            }
             let due = {
                 let Ok(mut last) = source.last_miss_fetch.lock() else {
                     continue;
@@ -176,6 +243,14 @@ impl KeyCache {
             };
             if due {
                 refreshed |= self.fetch(source).await;
+            }
+            // Remembered only once a refetch has answered: while one is in flight, the kid
+            // may be about to arrive.
+            if let Some(kid) = kid
+                && !source.holds_kid(kid)
+                && source.fetching.try_lock().is_ok()
+            {
+                source.remember_unknown(kid, cooldown);
             }
         }
         refreshed
@@ -195,6 +270,7 @@ impl KeyCache {
         let result = tokio::time::timeout(self.settings.fetch_timeout, self.fetch_keys(&source.id))
             .await
             .unwrap_or_else(|_| Err(anyhow!("timed out after {:?}", self.settings.fetch_timeout)));
+        let _notify = NotifyOnDrop(&self.fetches);
         match result {
             Ok(keys) => {
                 self.metrics
@@ -300,6 +376,15 @@ impl KeyCache {
             .map_err(|err| anyhow!("GET {url}: reading body: {err}"))?
             .to_bytes();
         serde_json::from_slice(&body).with_context(|| format!("GET {url}: not JSON"))
+    }
+}
+
+/// Announces a completed fetch once the new keys are stored.
+struct NotifyOnDrop<'a>(&'a tokio::sync::watch::Sender<u64>);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.wrapping_add(1));
     }
 }
 

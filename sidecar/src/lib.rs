@@ -2,6 +2,7 @@
 //! the semantics of Azure API Management's `validate-jwt` before the request reaches the
 //! application beside it.
 
+pub mod bundle;
 pub mod check;
 pub mod cli;
 pub mod extract;
@@ -14,6 +15,7 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod server;
+pub mod token_cache;
 pub mod verify;
 
 pub use reject::{RejectReason, Rejection};

@@ -1,5 +1,6 @@
 //! Reading policy files and choosing the policy that applies to this pod.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -7,20 +8,76 @@ use anyhow::Context as _;
 use tokengate_policy::selector::parse_downward_labels;
 use tokengate_policy::{CompiledPolicy, KeyFiles, compile, parse_documents};
 
-/// Key files named in a policy resolve against the policy file's directory.
-struct RelativeKeyFiles<'a> {
+/// Resolves key material for compilation and remembers every key file it was asked for, so the
+/// files can be watched: `issuerSigningKeys[].file` relative to the policy file's directory,
+/// and, in a bundle, `secretRef` in the mounted Secret.
+pub struct WatchedKeyFiles<'a> {
     base: &'a Path,
+    secrets: Option<&'a Path>,
+    read: RefCell<Vec<PathBuf>>,
 }
 
-impl KeyFiles for RelativeKeyFiles<'_> {
+impl<'a> WatchedKeyFiles<'a> {
+    /// `base`: where relative `file:` paths start; `secrets`: the directory holding the
+    /// Secret's keys, when Secrets are mounted.
+    pub fn new(base: &'a Path, secrets: Option<&'a Path>) -> Self {
+        Self {
+            base,
+            secrets,
+            read: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Every key file asked for so far, readable or not.
+    pub fn into_paths(self) -> Vec<PathBuf> {
+        self.read.into_inner()
+    }
+
+    fn read_path(&self, path: PathBuf) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(&path);
+        self.read.borrow_mut().push(path);
+        text
+    }
+}
+
+impl KeyFiles for WatchedKeyFiles<'_> {
     fn read(&self, path: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.base.join(path))
+        self.read_path(self.base.join(path))
+    }
+
+    fn read_secret(&self, name: &str, key: &str) -> Option<std::io::Result<String>> {
+        let dir = self.secrets?;
+        // Both are Kubernetes names ([-._a-zA-Z0-9]); anything else must not become a path.
+        let valid = |part: &str| {
+            !part.is_empty()
+                && !part.starts_with("..")
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        };
+        if !valid(name) || !valid(key) {
+            return Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a valid Secret name and key",
+            )));
+        }
+        Some(self.read_path(dir.join(format!("{name}.{key}"))))
     }
 }
 
 /// Every policy in the given files, compiled. Any invalid policy fails the whole load, so a
 /// half-applied configuration never takes effect.
 pub fn load_policy_files(files: &[PathBuf]) -> anyhow::Result<Vec<CompiledPolicy>> {
+    let mut key_files = Vec::new();
+    load_policy_files_watching(files, &mut key_files)
+}
+
+/// [`load_policy_files`], adding the key files the policies name to `key_files` (also when
+/// the load fails, so that fixing a key file is noticed).
+pub fn load_policy_files_watching(
+    files: &[PathBuf],
+    key_files: &mut Vec<PathBuf>,
+) -> anyhow::Result<Vec<CompiledPolicy>> {
     let mut policies = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file)
@@ -28,9 +85,10 @@ pub fn load_policy_files(files: &[PathBuf]) -> anyhow::Result<Vec<CompiledPolicy
         let docs = parse_documents(&text).with_context(|| format!("{}", file.display()))?;
         let base = file.parent().unwrap_or_else(|| Path::new("."));
         for doc in &docs {
-            let policy = compile(doc, &RelativeKeyFiles { base })
-                .with_context(|| format!("{}", file.display()))?;
-            policies.push(policy);
+            let resolver = WatchedKeyFiles::new(base, None);
+            let compiled = compile(doc, &resolver);
+            key_files.extend(resolver.into_paths());
+            policies.push(compiled.with_context(|| format!("{}", file.display()))?);
         }
     }
     Ok(policies)

@@ -2,7 +2,8 @@
 //!
 //! Files are polled by content, which sees in-place edits and kubelet's atomic `..data`
 //! symlink swaps alike. A new policy is compiled aside and swapped in whole; an invalid one
-//! leaves the last good policy in force.
+//! leaves the last good policy in force. Key files that policies name (`issuerSigningKeys[].file`)
+//! are watched with them.
 
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::PathBuf;
@@ -13,47 +14,119 @@ use std::time::Duration;
 use tokengate_policy::CompiledPolicy;
 use tokio::sync::watch;
 
+use crate::bundle;
 use crate::gate::{ActivePolicy, Gate};
-use crate::load::{load_pod_labels, load_policy_files, select_policy};
+use crate::load::{load_pod_labels, load_policy_files_watching, select_policy};
 use crate::metrics::Metrics;
 
-/// The files a policy comes from.
+/// Where policies come from.
 #[derive(Clone, Debug)]
+pub enum PolicySource {
+    /// `--policy` files: every policy must be valid, or none of the change applies.
+    Files(Vec<PathBuf>),
+    /// `--bundle DIR`: the operator's rendering; files stand alone.
+    Bundle(PathBuf),
+}
+
+/// The inputs a policy comes from, and what the last load learned about them.
+#[derive(Debug)]
 pub struct PolicyInputs {
-    pub policy_files: Vec<PathBuf>,
+    pub source: PolicySource,
     pub pod_labels: Option<PathBuf>,
+    /// Key files the last load read; a change to one is a change of the policy.
+    key_files: Vec<PathBuf>,
+    /// Bundle only: the policy in force and the file it came from, kept when that file
+    /// later fails to load.
+    in_force: Option<(String, CompiledPolicy)>,
 }
 
 impl PolicyInputs {
+    pub fn new(source: PolicySource, pod_labels: Option<PathBuf>) -> Self {
+        Self {
+            source,
+            pod_labels,
+            key_files: Vec::new(),
+            in_force: None,
+        }
+    }
+
     /// A digest of every input's contents (read through symlinks); unreadable files count as
     /// their error, so a file appearing or vanishing is a change too.
     pub fn fingerprint(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
-        for path in self.policy_files.iter().chain(self.pod_labels.iter()) {
-            path.hash(&mut hasher);
+        let hash_file = |path: &PathBuf, hasher: &mut DefaultHasher| {
+            path.hash(hasher);
             match std::fs::read(path) {
-                Ok(bytes) => bytes.hash(&mut hasher),
-                Err(err) => err.kind().to_string().hash(&mut hasher),
+                Ok(bytes) => bytes.hash(hasher),
+                Err(err) => err.kind().to_string().hash(hasher),
             }
+        };
+        match &self.source {
+            PolicySource::Files(files) => {
+                for path in files {
+                    hash_file(path, &mut hasher);
+                }
+            }
+            PolicySource::Bundle(dir) => bundle::fingerprint(dir, &mut hasher),
+        }
+        for path in self.pod_labels.iter().chain(&self.key_files) {
+            hash_file(path, &mut hasher);
         }
         hasher.finish()
     }
 
-    /// Compiles every policy and chooses the one for this pod.
-    pub fn load(&self) -> anyhow::Result<(Option<CompiledPolicy>, Vec<String>)> {
-        let policies = load_policy_files(&self.policy_files)?;
-        let labels = self
-            .pod_labels
-            .as_deref()
-            .map(load_pod_labels)
-            .transpose()?;
-        Ok(select_policy(policies, labels.as_ref()))
+    /// Compiles the policies and chooses the one for this pod: the chosen policy and the
+    /// names of the others that also select it.
+    fn load(&mut self, metrics: &Metrics) -> anyhow::Result<(Option<CompiledPolicy>, Vec<String>)> {
+        let labels = self.pod_labels.as_deref().map(load_pod_labels).transpose();
+        match &self.source {
+            PolicySource::Files(files) => {
+                let mut key_files = Vec::new();
+                let policies = load_policy_files_watching(files, &mut key_files);
+                self.key_files = key_files;
+                Ok(select_policy(policies?, labels?.as_ref()))
+            }
+            PolicySource::Bundle(dir) => {
+                let load = bundle::load(dir);
+                self.key_files = load.key_files;
+                let labels = labels?;
+                let mut candidates: Vec<(String, CompiledPolicy)> = load
+                    .policies
+                    .into_iter()
+                    .map(|p| (p.file, p.policy))
+                    .collect();
+                for failure in load.failures {
+                    metrics.policy_reloads.with_label_values(&["error"]).inc();
+                    let kept = self
+                        .in_force
+                        .as_ref()
+                        .filter(|(file, _)| *file == failure.file);
+                    tracing::error!(
+                        file = %failure.file,
+                        error = format!("{:#}", failure.error),
+                        kept_last_good = kept.is_some(),
+                        "bundle file skipped"
+                    );
+                    if let Some(kept) = kept {
+                        candidates.push(kept.clone());
+                    }
+                }
+                let (chosen, conflicts) = select_policy(
+                    candidates.iter().map(|(_, p)| p.clone()).collect(),
+                    labels.as_ref(),
+                );
+                self.in_force = chosen
+                    .as_ref()
+                    .and_then(|chosen| candidates.into_iter().find(|(_, p)| p.name == chosen.name));
+                Ok((chosen, conflicts))
+            }
+        }
     }
 }
 
 /// Loads and applies the inputs, counting the attempt. On error the active policy stays.
-pub fn reload(inputs: &PolicyInputs, gate: &Gate, metrics: &Metrics) -> anyhow::Result<()> {
-    match inputs.load() {
+pub fn reload(inputs: &mut PolicyInputs, gate: &Gate, metrics: &Metrics) -> anyhow::Result<()> {
+    match inputs.load(metrics) {
         Ok((chosen, conflicts)) => {
             metrics.policy_reloads.with_label_values(&["success"]).inc();
             apply(gate, metrics, chosen, &conflicts);
@@ -95,27 +168,45 @@ fn apply(gate: &Gate, metrics: &Metrics, chosen: Option<CompiledPolicy>, conflic
     }
 }
 
-/// Polls the inputs every `interval` until shutdown, reloading on change.
+impl PolicyInputs {
+    /// [`reload`], returning the fingerprint of the inputs it read: taken before reading, so
+    /// that a change made during the load is seen by the next poll.
+    pub fn reload_tracked(&mut self, gate: &Gate, metrics: &Metrics) -> (u64, anyhow::Result<()>) {
+        let before = self.fingerprint();
+        let key_files = self.key_files.clone();
+        let result = reload(self, gate, metrics);
+        // A load that named other key files changes what is watched.
+        let seen = if self.key_files == key_files {
+            before
+        } else {
+            self.fingerprint()
+        };
+        (seen, result)
+    }
+}
+
+/// Polls the inputs every `interval` until shutdown, reloading on change. `seen` is the
+/// fingerprint of what was last loaded.
 pub async fn watch_inputs(
-    inputs: PolicyInputs,
+    mut inputs: PolicyInputs,
+    mut seen: u64,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = inputs.fingerprint();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let current = inputs.fingerprint();
-        if current == seen {
+        if inputs.fingerprint() == seen {
             continue;
         }
-        // Remember failed contents too: one error per change, not one per poll.
-        seen = current;
-        if let Err(err) = reload(&inputs, &gate, &metrics) {
+        // Failed contents are remembered too: one error per change, not one per poll.
+        let (fingerprint, result) = inputs.reload_tracked(&gate, &metrics);
+        seen = fingerprint;
+        if let Err(err) = result {
             tracing::error!(
                 error = format!("{err:#}"),
                 "policy change refused; the last good policy stays in force"

@@ -16,11 +16,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gate::Gate;
+use crate::gate::{Gate, Startup, StartupMode};
 use crate::keyset::{KeyCache, KeySettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamSettings};
-use crate::reload::{PolicyInputs, reload, watch_inputs};
+use crate::reload::{PolicyInputs, PolicySource, watch_inputs};
+use crate::token_cache::TokenCache;
 
 /// Connection limits of the proxy listener.
 #[derive(Clone, Debug)]
@@ -44,7 +45,10 @@ impl Default for Limits {
 }
 
 pub struct SidecarConfig {
+    /// `--policy` files; empty when the policies come from a bundle.
     pub policy_files: Vec<PathBuf>,
+    /// `--bundle DIR`: the operator's rendering of the namespace's policies and keys.
+    pub bundle: Option<PathBuf>,
     pub pod_labels: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -54,6 +58,12 @@ pub struct SidecarConfig {
     pub extra_ca: Option<PathBuf>,
     /// How often policy and label files are checked for changes.
     pub reload_interval: Duration,
+    /// Verified tokens kept; 0 disables the cache.
+    pub token_cache_entries: usize,
+    /// What requests do before the first keys arrive.
+    pub startup: StartupMode,
+    /// How long requests may wait for keys at startup (`StartupMode::Wait`).
+    pub startup_timeout: Duration,
 }
 
 /// A started sidecar. Dropping it does not stop it; call [`Running::shutdown`].
@@ -80,23 +90,45 @@ impl Running {
     }
 }
 
-/// Loads the policy, binds both listeners, starts serving and watching the policy files. Keys are fetched in the
-/// background; until they arrive requests are refused with `KeysUnavailable` and `/ready`
-/// says not ready.
+/// Loads the policy, binds both listeners, starts serving and watching the policy files.
+/// Keys are fetched in the background; until they arrive `/ready` says not ready and requests
+/// are refused with `KeysUnavailable` (or, with `StartupMode::Wait`, held for a while).
+///
+/// Invalid `--policy` files fail the start. A bundle never does: a missing directory means
+/// `NoPolicy` until it appears, and invalid files are skipped.
 pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
+    let source = match (&config.bundle, config.policy_files.is_empty()) {
+        (Some(dir), true) => PolicySource::Bundle(dir.clone()),
+        (None, false) => PolicySource::Files(config.policy_files.clone()),
+        (Some(_), false) => anyhow::bail!("give policy files or a bundle, not both"),
+        (None, true) => anyhow::bail!("give at least one policy file or a bundle"),
+    };
+    if matches!(source, PolicySource::Bundle(_)) && config.pod_labels.is_none() {
+        anyhow::bail!("a bundle needs the pod labels file to choose a policy");
+    }
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let keys = KeyCache::new(
         config.keys.clone(),
         Arc::clone(&metrics),
         config.extra_ca.as_deref(),
     )?;
-    let gate = Arc::new(Gate::new(Arc::clone(&keys)));
+    let gate = Arc::new(Gate::with(
+        Arc::clone(&keys),
+        TokenCache::new(config.token_cache_entries, &metrics),
+        Startup::new(config.startup, config.startup_timeout),
+    ));
 
-    let inputs = PolicyInputs {
-        policy_files: config.policy_files.clone(),
-        pod_labels: config.pod_labels.clone(),
-    };
-    reload(&inputs, &gate, &metrics)?;
+    let bundle = matches!(source, PolicySource::Bundle(_));
+    let mut inputs = PolicyInputs::new(source, config.pod_labels.clone());
+    let (seen, loaded) = inputs.reload_tracked(&gate, &metrics);
+    match loaded {
+        Ok(()) => {}
+        Err(err) if bundle => tracing::error!(
+            error = format!("{err:#}"),
+            "bundle not usable yet; requests are refused with NoPolicy until it is"
+        ),
+        Err(err) => return Err(err),
+    }
 
     let proxy_listener = TcpListener::bind(config.listen)
         .await
@@ -122,6 +154,7 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
     ));
     tokio::spawn(watch_inputs(
         inputs,
+        seen,
         Arc::clone(&gate),
         Arc::clone(&metrics),
         config.reload_interval,

@@ -26,6 +26,8 @@ pub struct VerifiedToken {
     pub issuer: Option<String>,
     pub expires_at: Option<f64>,
     pub not_before: Option<f64>,
+    /// The key whose signature verified the token; `None` for unsigned tokens.
+    pub verified_by: Option<crate::token_cache::KeyFingerprint>,
 }
 
 /// Receives each check as it runs, for `tokengate-sidecar check`. Messages may quote token
@@ -139,6 +141,7 @@ fn verify_inner(
         Some(alg)
     };
 
+    let mut verifying_key = None;
     if let Some(alg) = algorithm {
         // Decoded here only to tell a malformed token from a wrong signature.
         URL_SAFE_NO_PAD
@@ -160,14 +163,17 @@ fn verify_inner(
             .iter()
             .find(|key| verify_signature(parts.signature, message, key, alg));
         match verified_by {
-            Some(key) => trace.step(
-                "signature",
-                true,
-                format!(
-                    "verified with key {}",
-                    key.kid.as_deref().unwrap_or("(no kid)")
-                ),
-            ),
+            Some(key) => {
+                verifying_key = Some(crate::token_cache::key_fingerprint(key));
+                trace.step(
+                    "signature",
+                    true,
+                    format!(
+                        "verified with key {}",
+                        key.kid.as_deref().unwrap_or("(no kid)")
+                    ),
+                );
+            }
             None => {
                 return Err(Rejection::new(
                     RejectReason::TokenSignatureInvalid,
@@ -253,6 +259,7 @@ fn verify_inner(
         issuer,
         expires_at,
         not_before,
+        verified_by: verifying_key,
     })
 }
 

@@ -111,3 +111,47 @@ async fn invalid_policy_exits_64_naming_the_field() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("is not a URL"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_flags_are_checked_and_documented() {
+    let common = [
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    // A bundle needs the pod's labels to choose a policy.
+    let mut args = vec!["run", "--bundle", "missing-bundle"];
+    args.extend(common);
+    let (code, _, err) = check(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--pod-labels"), "{err}");
+    // Policy files and a bundle exclude each other.
+    let mut args = vec![
+        "run",
+        "--bundle",
+        "missing-bundle",
+        "--pod-labels",
+        "missing-labels",
+        "--policy",
+        "p.yaml",
+    ];
+    args.extend(common);
+    let (code, _, err) = check(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let (code, out, _) = check(&["run", "--help"]).await;
+    assert_eq!(code, 0);
+    for flag in [
+        "--bundle <DIR>",
+        "--token-cache-entries",
+        "--startup <STARTUP>",
+        "failClosed",
+        "--startup-timeout",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+    }
+}

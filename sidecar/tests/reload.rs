@@ -241,3 +241,62 @@ async fn kubelet_symlink_swaps_under_load_lose_nothing() {
     assert!(errors >= 1.0, "the invalid version was counted");
     sidecar.shutdown().await;
 }
+
+/// `issuerSigningKeys[].file` is watched with the policy: a rotated key file applies live,
+/// through a plain rewrite as through kubelet's symlink swap.
+#[tokio::test]
+async fn a_changed_key_file_reloads_the_policy() {
+    use base64::Engine as _;
+    let secret = |byte: u8| [byte; 32];
+    let token = |secret: [u8; 32]| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "s", "iat": now, "exp": now + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).expect("key"),
+        )
+        .expect("token")
+    };
+    let encode = |secret: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(secret);
+    let idp = IdentityProvider::start().await.expect("provider");
+    let echo = tokengate_tests::echo::EchoServer::start()
+        .await
+        .expect("echo");
+    let dir = tempfile::tempdir().expect("dir");
+    // The key file is itself a kubelet-projected Secret beside the policy.
+    let mut keys = support::Projected::new(dir.path().join("keys"));
+    keys.publish(&[("hmac", &encode(secret(1)))]);
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        manifest(
+            "bench",
+            "  validateJwt:\n    issuerSigningKeys: [{file: keys/hmac}]\n    algorithms: [HS256]\n",
+        ),
+    )
+    .expect("policy");
+    let mut config = support::config(vec![file], &echo);
+    config.reload_interval = Duration::from_millis(20);
+    let bench = Bench::with_config(idp, echo, dir, config).await;
+    let status = async |token: &str| bench.get_with_token("/", token).await.status;
+    assert_eq!(status(&token(secret(1))).await, StatusCode::OK);
+
+    keys.publish(&[("hmac", &encode(secret(2)))]);
+    support::wait_until("swapped key file applied", async || {
+        status(&token(secret(2))).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(status(&token(secret(1))).await, StatusCode::UNAUTHORIZED);
+
+    // A plain rewrite of the file the link points at.
+    let target = bench.dir.path().join("keys/hmac");
+    std::fs::write(&target, encode(secret(3))).expect("rewrite");
+    support::wait_until("rewritten key file applied", async || {
+        status(&token(secret(3))).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(status(&token(secret(2))).await, StatusCode::UNAUTHORIZED);
+}

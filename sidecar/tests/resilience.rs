@@ -264,3 +264,64 @@ async fn sigterm_drains_in_flight_requests() {
     let after = std::net::TcpStream::connect(("127.0.0.1", listen));
     assert!(after.is_err(), "still accepting after shutdown");
 }
+
+/// The negative kid cache: a kid still unknown after a refetch is refused at once for the
+/// cooldown, without waiting on or triggering fetches, even once the source's own cooldown has
+/// passed; when the kid is published it is served once that memory lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
+    let bench = std::sync::Arc::new(
+        Bench::start_with(jwks, |config| {
+            config.keys.miss_cooldown = Duration::from_secs(2);
+            config.keys.fetch_timeout = Duration::from_secs(5);
+        })
+        .await,
+    );
+    let kid = bench.idp.add_unpublished_key(KeyFamily::Rsa);
+    let token = bench
+        .idp
+        .sign_with_kid(&kid, Algorithm::RS256, &bench.idp.claims());
+    // A slow provider: the refetch this kid causes takes 1.5s, so the kid is remembered until
+    // about 3.5s while the source may refetch again from 2s on.
+    bench.idp.set_delay(Some(Duration::from_millis(1500)));
+    let before = bench.idp.jwks_fetches();
+    let started = Instant::now();
+    assert_eq!(
+        bench.get_with_token("/", &token).await.reason(),
+        "TokenSignatureKeyNotFound"
+    );
+    assert_eq!(bench.idp.jwks_fetches() - before, 1);
+    let until_due = Duration::from_millis(2150).saturating_sub(started.elapsed());
+    tokio::time::sleep(until_due).await;
+
+    // Past the source's cooldown, inside the kid's: a flood waits for nothing, fetches nothing.
+    let flood = Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        let (bench, token) = (std::sync::Arc::clone(&bench), token.clone());
+        calls.push(tokio::spawn(async move {
+            bench.get_with_token("/", &token).await.reason()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.expect("task"), "TokenSignatureKeyNotFound");
+    }
+    let took = flood.elapsed();
+    println!("100 requests with a remembered unknown kid answered in {took:?}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(
+        bench.idp.jwks_fetches() - before,
+        1,
+        "no fetch for a remembered kid"
+    );
+
+    // The kid appears: served once the memory lapses, with one more fetch.
+    bench.idp.set_delay(None);
+    assert!(bench.idp.publish(&kid));
+    until("published kid served", async || {
+        bench.get_with_token("/", &token).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(bench.idp.jwks_fetches() - before, 2);
+}

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokengate_sidecar::gate::StartupMode;
 use tokengate_sidecar::keyset::KeySettings;
 use tokengate_sidecar::proxy::{UpstreamProtocol, UpstreamSettings};
 use tokengate_sidecar::server::Limits;
@@ -101,18 +102,29 @@ impl Bench {
         std::fs::write(&policy, manifest("bench", &spec(&idp))).expect("policy written");
         let mut config = config(vec![policy], &echo);
         adjust(&mut config);
+        let bench = Bench::with_config(idp, echo, dir, config).await;
+        bench.wait_ready().await;
+        bench
+    }
+
+    /// Starts the sidecar with `config` beside a running provider and echo server, without
+    /// waiting for it to become ready.
+    pub async fn with_config(
+        idp: IdentityProvider,
+        echo: EchoServer,
+        dir: tempfile::TempDir,
+        config: SidecarConfig,
+    ) -> Bench {
         let sidecar = tokengate_sidecar::start(config)
             .await
             .expect("sidecar starts");
-        let bench = Bench {
+        Bench {
             idp,
             echo,
             sidecar,
             dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
-        };
-        bench.wait_ready().await;
-        bench
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -192,6 +204,7 @@ impl Bench {
 pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
     SidecarConfig {
         policy_files,
+        bundle: None,
         pod_labels: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -210,6 +223,21 @@ pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
         limits: Limits::default(),
         extra_ca: None,
         reload_interval: Duration::from_millis(100),
+        token_cache_entries: tokengate_sidecar::token_cache::DEFAULT_ENTRIES,
+        startup: StartupMode::FailClosed,
+        startup_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Retries `check` every 20ms for up to 5s.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -234,4 +262,57 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// A directory as kubelet projects a ConfigMap, Secret or downward-API volume: each file lives
+/// in a timestamped directory, `..data` points at the current one, and the visible names are
+/// symlinks through `..data`. [`publish`](Self::publish) swaps in a new version atomically.
+pub struct Projected {
+    pub dir: PathBuf,
+    version: u64,
+    visible: Vec<String>,
+}
+
+impl Projected {
+    /// The directory is created by the first [`publish`](Self::publish).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            version: 0,
+            visible: Vec::new(),
+        }
+    }
+
+    /// Replaces the whole contents with `files` (name, text), as kubelet does on an update.
+    pub fn publish(&mut self, files: &[(&str, &str)]) {
+        std::fs::create_dir_all(&self.dir).expect("projected dir");
+        self.version += 1;
+        let stamp = format!("..2026_11_28_12_00_00.{:06}", self.version);
+        let data = self.dir.join(&stamp);
+        std::fs::create_dir(&data).expect("timestamped dir");
+        for (name, text) in files {
+            std::fs::write(data.join(name), text).expect("projected file");
+        }
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&stamp, &tmp).expect("..data_tmp");
+        let previous = std::fs::read_link(self.dir.join("..data")).ok();
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("..data swap");
+        let names: Vec<String> = files.iter().map(|(name, _)| (*name).to_owned()).collect();
+        for name in &names {
+            if !self.visible.contains(name) {
+                std::os::unix::fs::symlink(format!("..data/{name}"), self.dir.join(name))
+                    .expect("visible link");
+            }
+        }
+        for name in &self.visible {
+            if !names.contains(name) {
+                std::fs::remove_file(self.dir.join(name)).expect("stale link removed");
+            }
+        }
+        self.visible = names;
+        if let Some(previous) = previous {
+            let _ = std::fs::remove_dir_all(self.dir.join(previous));
+        }
+    }
 }
