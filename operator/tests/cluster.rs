@@ -958,3 +958,138 @@ async fn scale_1000_policies_across_100_namespaces() {
         eprintln!("{line}");
     }
 }
+
+/// A plain HTTP/1.1 GET with an optional bearer token; the status code and the whole response.
+async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// The whole path without the webhook: the operator renders the bundle, the pod runner projects
+/// it into a pod the way kubelet would, and the real sidecar binary enforces it with
+/// `--bundle`, following edits of the policy and of the pod's labels live.
+#[tokio::test]
+async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
+    use tokengate_tests::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use tokengate_tests::echo::EchoServer;
+    let (client, namespace, _) = setup("e2e").await;
+    let sidecar = std::path::Path::new(OPERATOR).with_file_name("tokengate-sidecar");
+    assert!(
+        sidecar.is_file(),
+        "{} is missing: build it with `cargo build -p tokengate-sidecar` (cargo test \
+         --workspace does)",
+        sidecar.display()
+    );
+    let idp = IdentityProvider::start().await.expect("identity provider");
+    let app = EchoServer::start().await.expect("echo application");
+    let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+    let spec = json!({
+        "selector": {"matchLabels": {"app": "shop"}},
+        "validateJwt": {"openidConfigs": [{"url": idp.discovery_url()}],
+                        "audiences": [tokengate_tests::idp::DEFAULT_AUDIENCE]},
+        "forwarding": {"claimsToHeaders": [{"claim": "sub", "header": "X-User"}]},
+    });
+    policies
+        .create(&PostParams::default(), &policy(&namespace, "shop", spec))
+        .await
+        .expect("create policy");
+    wait_condition(&policies, "shop", "Ready", "True").await;
+
+    let listen = free_port().expect("port");
+    let admin = free_port().expect("port");
+    // The pod as the webhook will shape it: bundle and labels mounted, sidecar in front.
+    let pod: Pod = from_json(json!({
+        "metadata": {"name": "shop-1", "labels": {"app": "shop"}},
+        "spec": {
+            "containers": [{
+                "name": "tokengate-sidecar",
+                "image": "example.invalid/tokengate-sidecar:dev",
+                "command": ["/tokengate-sidecar", "run",
+                    "--bundle", "/etc/tokengate/bundle", "--pod-labels", "/etc/tokengate/pod/labels",
+                    "--listen", format!("127.0.0.1:{listen}"), "--upstream", app.url(),
+                    "--admin", format!("127.0.0.1:{admin}"), "--reload-interval", "200ms"],
+                "volumeMounts": [
+                    {"name": "policies", "mountPath": "/etc/tokengate/bundle/policies"},
+                    {"name": "keys", "mountPath": "/etc/tokengate/bundle/keys"},
+                    {"name": "pod", "mountPath": "/etc/tokengate/pod"},
+                ],
+            }],
+            "volumes": [
+                {"name": "policies", "configMap": {"name": "tokengate-policies", "optional": true}},
+                {"name": "keys", "secret": {"secretName": "tokengate-keys", "optional": true}},
+                {"name": "pod", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            ],
+        },
+    }));
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let options = PodRunnerOptions::new("tokengate-sidecar")
+        .program("/tokengate-sidecar", &sidecar)
+        .ready_url(format!("http://127.0.0.1:{admin}/ready"));
+    let _running = RunningPod::start(&client, &pod, options)
+        .await
+        .expect("run the sidecar container");
+
+    let token = idp.token(jsonwebtoken::Algorithm::RS256);
+    let (status, _) = http_get(listen, "/orders", None).await;
+    assert_eq!(status, 401, "no token");
+    let (status, response) = http_get(listen, "/orders", Some(&token)).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(
+        response.contains("test-subject"),
+        "the claim header reaches the app: {response}"
+    );
+
+    // An edit of the TokenPolicy reaches the running sidecar through the bundle.
+    policies
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"validateJwt": {"audiences": ["api://elsewhere"]}}})),
+        )
+        .await
+        .expect("edit policy");
+    wait_until(TIMEOUT, "the edited policy to refuse the token", || async {
+        let (status, response) = http_get(listen, "/orders", Some(&token)).await;
+        Ok(status == 401 && response.contains("TokenAudienceNotAllowed"))
+    })
+    .await
+    .expect("edit enforced");
+
+    // The pod leaves the policy's selector: nothing protects it, so nothing passes.
+    pods.patch(
+        "shop-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+    )
+    .await
+    .expect("relabel pod");
+    wait_until(TIMEOUT, "NoPolicy after relabelling", || async {
+        let (_, response) = http_get(listen, "/orders", Some(&token)).await;
+        Ok(response.contains("NoPolicy"))
+    })
+    .await
+    .expect("relabel enforced");
+}

@@ -483,11 +483,37 @@ async fn container_command(
     root: &Path,
 ) -> Result<Command> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    // A path above a mount (`--bundle /etc/tokengate/bundle` with mounts at
+    // `/etc/tokengate/bundle/policies` and `.../keys`) names a directory of the container's
+    // file system: it maps into a local root where each mount path is a link to its volume.
+    let rootfs = root.join("rootfs");
+    let mut ancestors: Vec<String> = Vec::new();
+    for (mount, local) in mounts {
+        let link = rootfs.join(mount.trim_start_matches('/'));
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        if !link.exists() {
+            symlink(local, &link).with_context(|| format!("linking {}", link.display()))?;
+        }
+        for dir in Path::new(mount.as_str()).ancestors().skip(1) {
+            if dir == Path::new("/") || dir.as_os_str().is_empty() {
+                break;
+            }
+            let dir = dir.to_string_lossy().into_owned();
+            if !ancestors.contains(&dir) && !mounts.iter().any(|(m, _)| *m == dir) {
+                ancestors.push(dir);
+            }
+        }
+    }
+    ancestors.sort_by_key(|a| std::cmp::Reverse(a.len()));
     let rewrite = |s: &str| -> String {
         let mut out = s.to_string();
         for (mount, local) in mounts {
             out = replace_path(&out, mount, &local.to_string_lossy());
         }
+        out = map_ancestor(&out, &ancestors, &rootfs);
         for (from, to) in &options.rewrites {
             out = out.replace(from.as_str(), to);
         }
@@ -612,6 +638,24 @@ async fn container_command(
 }
 
 /// Replaces `from` (a path) by `to` wherever it appears as a whole path prefix.
+/// `s` (or the value of a `--flag=value`) when it is, or lies below, a directory above a mount:
+/// the same path under `rootfs`. Anything else is returned unchanged.
+fn map_ancestor(s: &str, ancestors: &[String], rootfs: &Path) -> String {
+    let (prefix, value) = match s.split_once('=') {
+        Some((flag, value)) if flag.starts_with('-') => (format!("{flag}="), value),
+        _ => (String::new(), s),
+    };
+    for ancestor in ancestors {
+        if let Some(rest) = value.strip_prefix(ancestor.as_str())
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            let mapped = rootfs.join(ancestor.trim_start_matches('/'));
+            return format!("{prefix}{}{rest}", mapped.display());
+        }
+    }
+    s.to_string()
+}
+
 fn replace_path(s: &str, from: &str, to: &str) -> String {
     if from.is_empty() {
         return s.to_string();
@@ -1204,6 +1248,24 @@ fn civil(unix_secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_above_a_mount_map_into_the_local_root() {
+        let ancestors = vec![
+            "/etc/tokengate/bundle".to_string(),
+            "/etc/tokengate".to_string(),
+        ];
+        let rootfs = Path::new("/r");
+        let map = |s: &str| map_ancestor(s, &ancestors, rootfs);
+        assert_eq!(map("/etc/tokengate/bundle"), "/r/etc/tokengate/bundle");
+        assert_eq!(
+            map("--bundle=/etc/tokengate/bundle/x"),
+            "--bundle=/r/etc/tokengate/bundle/x"
+        );
+        assert_eq!(map("/etc/tokengate"), "/r/etc/tokengate");
+        assert_eq!(map("/etc/tokengate-other"), "/etc/tokengate-other");
+        assert_eq!(map("/var/lib"), "/var/lib");
+    }
 
     #[test]
     fn civil_dates() {
