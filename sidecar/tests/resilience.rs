@@ -339,5 +339,9 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
         served < Duration::from_millis(3500),
         "served only after the memory lapsed: {served:?}"
     );
-    assert_eq!(bench.idp.jwks_fetches() - before, 2, "served without a fetch");
+    assert_eq!(
+        bench.idp.jwks_fetches() - before,
+        2,
+        "served without a fetch"
+    );
 }
