@@ -18,6 +18,9 @@ pub struct Metrics {
     pub keys: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub policy_generation: IntGauge,
+    /// 1 for each policy that also selects this pod but is not applied (the conflict), with
+    /// the one applied instead; empty when there is no conflict.
+    pub policy_conflicts: IntGaugeVec,
 }
 
 /// Validation takes microseconds; the buckets resolve that range and the slow tail of a key
@@ -75,6 +78,13 @@ impl Metrics {
             "tokengate_policy_generation",
             "Number of policy versions applied since start",
         )?;
+        let policy_conflicts = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_policy_conflicts",
+                "Policies that also select this pod but are not applied, with the one applied",
+            ),
+            &["applied", "ignored"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -83,6 +93,7 @@ impl Metrics {
         registry.register(Box::new(keys.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_generation.clone()))?;
+        registry.register(Box::new(policy_conflicts.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -93,6 +104,7 @@ impl Metrics {
             keys,
             policy_reloads,
             policy_generation,
+            policy_conflicts,
         })
     }
 

@@ -140,7 +140,15 @@ pub fn reload(inputs: &mut PolicyInputs, gate: &Gate, metrics: &Metrics) -> anyh
 }
 
 fn apply(gate: &Gate, metrics: &Metrics, chosen: Option<CompiledPolicy>, conflicts: &[String]) {
+    metrics.policy_conflicts.reset();
     if !conflicts.is_empty() {
+        let applied = chosen.as_ref().map_or("", |p| p.name.as_str());
+        for ignored in conflicts {
+            metrics
+                .policy_conflicts
+                .with_label_values(&[applied, ignored.as_str()])
+                .set(1);
+        }
         tracing::warn!(
             applied = chosen.as_ref().map(|p| p.name.as_str()),
             ignored = ?conflicts,

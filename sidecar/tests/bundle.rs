@@ -244,6 +244,13 @@ async fn several_matching_policies_resolve_to_the_oldest_then_by_name() {
         active.map(|a| a.policy.name.clone()).as_deref(),
         Some("zeta")
     );
+    let conflict = |b: &BundleBench, applied: &str, ignored: &str| {
+        b.bench.metric(
+            "tokengate_policy_conflicts",
+            &[("applied", applied), ("ignored", ignored)],
+        )
+    };
+    assert_eq!(conflict(&b, "zeta", "alpha"), 1.0);
 
     // Same age: the name decides.
     b.policies.publish(&[
@@ -257,6 +264,29 @@ async fn several_matching_policies_resolve_to_the_oldest_then_by_name() {
         ),
     ]);
     b.eventually("x-a").await;
+    assert_eq!(conflict(&b, "alpha", "zeta"), 1.0);
+    assert_eq!(
+        conflict(&b, "zeta", "alpha"),
+        0.0,
+        "the old conflict is cleared"
+    );
+
+    // One of them no longer selects the pod: no conflict left.
+    b.policies.publish(&[
+        (
+            "alpha.yaml",
+            &rendered("alpha", "a", "2026-02-01T00:00:00Z", &idp, "X-A"),
+        ),
+        (
+            "zeta.yaml",
+            &rendered("zeta", "other", "2026-02-01T00:00:00Z", &idp, "X-B"),
+        ),
+    ]);
+    wait_until("conflict resolved", async || {
+        conflict(&b, "alpha", "zeta") == 0.0
+    })
+    .await;
+    assert_eq!(b.outcome().await, "x-a");
 }
 
 #[tokio::test]
