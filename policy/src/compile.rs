@@ -520,7 +520,7 @@ impl Compiler<'_> {
         if spec.client_application_ids.is_empty() {
             self.error(
                 format!("{base}.clientApplicationIds"),
-                "list at least one client application (its application id, matched against appid or azp), as APIM requires",
+                "list at least one client application (its application id, matched against appid or azp): without it any application in the tenant could call",
             );
         }
         let mut client_application_ids = Vec::new();
