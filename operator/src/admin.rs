@@ -4,14 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -51,25 +48,10 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the admin address {addr}"))?;
     let bound = listener.local_addr().context("admin address")?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let health = Arc::clone(&health);
-            let metrics = Arc::clone(&metrics);
-            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let response = respond(request.uri().path(), &health, &metrics);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(tokengate_sidecar::process::serve_admin(
+        listener,
+        move |path: &str| respond(path, &health, &metrics),
+    ));
     Ok(bound)
 }
 

@@ -1,4 +1,5 @@
-//! Process plumbing shared by tokengate's binaries: logging set-up and waiting for a stop signal.
+//! Process plumbing shared by tokengate's binaries: logging set-up, waiting for a stop signal,
+//! and the small HTTP/1.1 server behind their admin ports.
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -37,5 +38,35 @@ pub async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Serves plain HTTP/1.1 on `listener` for ever, answering each request with `respond(path)`.
+/// For admin endpoints (`/live`, `/ready`, `/metrics`): no bodies read, no state per connection.
+pub async fn serve_admin<F>(listener: tokio::net::TcpListener, respond: F)
+where
+    F: Fn(&str) -> http::Response<http_body_util::Full<bytes::Bytes>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let respond = respond.clone();
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let response = respond(request.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

@@ -240,23 +240,10 @@ fn is_ready(gate: &Gate) -> bool {
 }
 
 async fn serve_admin(listener: TcpListener, gate: Arc<Gate>, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let gate = Arc::clone(&gate);
-        let metrics = Arc::clone(&metrics);
-        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let response = admin_response(request.uri().path(), &gate, &metrics);
-            async move { Ok::<_, std::convert::Infallible>(response) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    crate::process::serve_admin(listener, move |path: &str| {
+        admin_response(path, &gate, &metrics)
+    })
+    .await;
 }
 
 fn admin_response(path: &str, gate: &Gate, metrics: &Metrics) -> Response<Full<Bytes>> {
