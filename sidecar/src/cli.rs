@@ -67,8 +67,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub pod_labels: Option<PathBuf>,
 
-    /// Address clients connect to.
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// Address clients connect to (15080: the port the operator's NetworkPolicy admits).
+    #[arg(long, default_value = "0.0.0.0:15080")]
     pub listen: SocketAddr,
 
     /// The application, e.g. http://127.0.0.1:8080.
@@ -79,8 +79,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = UpstreamProtocol::Auto)]
     pub upstream_protocol: UpstreamProtocol,
 
-    /// Admin address serving /live, /ready and /metrics.
-    #[arg(long, default_value = "0.0.0.0:9901")]
+    /// Admin address serving /live, /ready and /metrics (15081, admitted by the operator's
+    /// NetworkPolicy for scrapes and probes).
+    #[arg(long, default_value = "0.0.0.0:15081")]
     pub admin: SocketAddr,
 
     #[command(flatten)]
