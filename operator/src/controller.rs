@@ -295,7 +295,7 @@ async fn reconcile_inner(policy: &TokenPolicy, ctx: &Context) -> Result<Action, 
         .with_label_values(&[namespace.as_str()])
         .set(i64::try_from(live.len()).unwrap_or(i64::MAX));
     if policy.metadata.deletion_timestamp.is_some() || !live.iter().any(|p| p.name_any() == name) {
-        forget_keys(ctx, policy);
+        // Its key sources are dropped by `watch_key_sources`, which prunes what the store lost.
         return Ok(Action::await_change());
     }
     let ordered = render::oldest_first(&live);
@@ -540,12 +540,6 @@ fn prune_key_sources(ctx: &Context) {
         .collect();
     if let Ok(mut held) = ctx.held.lock() {
         held.retain(|policy, _| live.contains(policy));
-    }
-}
-
-fn forget_keys(ctx: &Context, policy: &TokenPolicy) {
-    if let Ok(mut held) = ctx.held.lock() {
-        held.remove(&ObjectRef::from(policy));
     }
 }
 

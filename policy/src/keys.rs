@@ -24,7 +24,13 @@ pub struct VerificationKey {
     /// an EC key). Otherwise any algorithm of its family.
     pub algorithm: Option<Algorithm>,
     pub key: DecodingKey,
+    /// SHA-256 of the family and key material, computed once at parse time.
+    fingerprint: KeyFingerprint,
 }
+
+/// Identifies a key by its material (and family), so "the key that verified this token" can be
+/// recognised after a key set is fetched again, without holding the key itself.
+pub type KeyFingerprint = [u8; 32];
 
 impl fmt::Debug for VerificationKey {
     // Never print key material.
@@ -38,6 +44,26 @@ impl fmt::Debug for VerificationKey {
 }
 
 impl VerificationKey {
+    fn new(
+        kid: Option<String>,
+        family: AlgorithmFamily,
+        algorithm: Option<Algorithm>,
+        key: DecodingKey,
+    ) -> Self {
+        let fingerprint = fingerprint(family, &key);
+        Self {
+            kid,
+            family,
+            algorithm,
+            key,
+            fingerprint,
+        }
+    }
+
+    /// See [`KeyFingerprint`].
+    pub fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
+    }
     /// Whether this key may verify a token signed with `alg`.
     pub fn fits(&self, alg: Algorithm) -> bool {
         match self.algorithm {
@@ -122,12 +148,12 @@ impl VerificationKey {
                 key.family()
             )));
         }
-        Ok(Self {
-            kid: jwk.common.key_id.clone(),
-            family: key.family(),
+        Ok(Self::new(
+            jwk.common.key_id.clone(),
+            key.family(),
             algorithm,
             key,
-        })
+        ))
     }
 
     /// A PEM public key: RSA (SPKI or PKCS#1), EC or Ed25519.
@@ -138,12 +164,7 @@ impl VerificationKey {
             .or_else(|_| DecodingKey::from_ed_pem(bytes))
             .map_err(|err| KeyError(format!("not a PEM public key (RSA, EC or Ed25519): {err}")))?;
         let algorithm = (key.family() == AlgorithmFamily::Ed).then_some(Algorithm::EdDSA);
-        Ok(Self {
-            kid,
-            family: key.family(),
-            algorithm,
-            key,
-        })
+        Ok(Self::new(kid, key.family(), algorithm, key))
     }
 
     /// RSA modulus and exponent, base64url (APIM `n` and `e`).
@@ -159,12 +180,7 @@ impl VerificationKey {
         let key =
             DecodingKey::from_rsa_components(n.trim_end_matches('='), e.trim_end_matches('='))
                 .map_err(|err| KeyError(format!("invalid RSA components: {err}")))?;
-        Ok(Self {
-            kid,
-            family: AlgorithmFamily::Rsa,
-            algorithm: None,
-            key,
-        })
+        Ok(Self::new(kid, AlgorithmFamily::Rsa, None, key))
     }
 
     /// A symmetric key, base64 (standard or url-safe alphabet), as APIM takes it.
@@ -179,12 +195,7 @@ impl VerificationKey {
         }
         let key = DecodingKey::from_secret(&secret)
             .map_err(|err| KeyError(format!("invalid symmetric key: {err}")))?;
-        Ok(Self {
-            kid,
-            family: AlgorithmFamily::Hmac,
-            algorithm: None,
-            key,
-        })
+        Ok(Self::new(kid, AlgorithmFamily::Hmac, None, key))
     }
 }
 
@@ -205,6 +216,34 @@ fn decode_base64_any(text: &str) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct KeyError(pub String);
+
+fn fingerprint(family: AlgorithmFamily, key: &DecodingKey) -> KeyFingerprint {
+    use aws_lc_rs::digest::{Context, SHA256};
+    use jsonwebtoken::DecodingKeyKind;
+    let family: &[u8] = match family {
+        AlgorithmFamily::Hmac => b"hmac",
+        AlgorithmFamily::Rsa => b"rsa",
+        AlgorithmFamily::Ec => b"ec",
+        AlgorithmFamily::Ed => b"ed",
+    };
+    let mut context = Context::new(&SHA256);
+    context.update(family);
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(bytes) => {
+            context.update(&[0]);
+            context.update(bytes);
+        }
+        DecodingKeyKind::RsaModulusExponent { n, e } => {
+            context.update(&[1]);
+            context.update(&(n.len() as u64).to_be_bytes());
+            context.update(n);
+            context.update(e);
+        }
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
 
 #[cfg(test)]
 mod tests {

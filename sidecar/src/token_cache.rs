@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::digest::{Context, SHA256, digest};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKeyKind};
+use aws_lc_rs::digest::{SHA256, digest};
+use jsonwebtoken::Algorithm;
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
-use tokengate_policy::{Verification, VerificationKey};
+use tokengate_policy::Verification;
 
 use crate::keyset::KeyView;
 use crate::metrics::Metrics;
@@ -28,36 +28,7 @@ pub const DEFAULT_ENTRIES: usize = 10_000;
 /// many ordinary ones.
 pub const MAX_CACHED_TOKEN_BYTES: usize = 8 * 1024;
 
-/// SHA-256 of a verification key's material: identifies "the key that verified this token"
-/// without holding the key.
-pub type KeyFingerprint = [u8; 32];
-
-/// Fingerprint of a key's material and family.
-pub fn key_fingerprint(key: &VerificationKey) -> KeyFingerprint {
-    let family: &[u8] = match key.family {
-        AlgorithmFamily::Hmac => b"hmac",
-        AlgorithmFamily::Rsa => b"rsa",
-        AlgorithmFamily::Ec => b"ec",
-        AlgorithmFamily::Ed => b"ed",
-    };
-    let mut context = Context::new(&SHA256);
-    context.update(family);
-    match key.key.kind() {
-        DecodingKeyKind::SecretOrDer(bytes) => {
-            context.update(&[0]);
-            context.update(bytes);
-        }
-        DecodingKeyKind::RsaModulusExponent { n, e } => {
-            context.update(&[1]);
-            context.update(&(n.len() as u64).to_be_bytes());
-            context.update(n);
-            context.update(e);
-        }
-    }
-    let mut out = [0; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    out
-}
+pub use tokengate_policy::keys::KeyFingerprint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -238,5 +209,5 @@ fn key_still_trusted(cached: &VerifiedToken, keys: &KeyView<'_>) -> bool {
     };
     keys.candidates(cached.kid.as_deref(), alg)
         .into_iter()
-        .any(|key| key_fingerprint(key) == *fingerprint)
+        .any(|key| key.fingerprint() == fingerprint)
 }

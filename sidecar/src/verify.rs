@@ -164,7 +164,7 @@ fn verify_inner(
             .find(|key| verify_signature(parts.signature, message, key, alg));
         match verified_by {
             Some(key) => {
-                verifying_key = Some(crate::token_cache::key_fingerprint(key));
+                verifying_key = Some(*key.fingerprint());
                 trace.step(
                     "signature",
                     true,

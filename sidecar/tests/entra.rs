@@ -13,8 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
-use support::{Reply, manifest, metric_value};
-use tokengate_sidecar::Running;
+use support::{Bench, Reply, manifest, metric_value};
 use tokengate_tests::echo::EchoServer;
 use tokengate_tests::idp::{EntraApi, EntraTokenVersion, IdentityProvider, KeyFamily};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -31,11 +30,15 @@ const OTHER_APP: &str = "99999999-8888-4777-8666-555555555555";
 
 /// The sidecar between a client, the Entra personality and the echo upstream.
 struct EntraBench {
-    idp: IdentityProvider,
-    echo: EchoServer,
-    sidecar: Running,
-    _dir: tempfile::TempDir,
-    client: Client<HttpConnector, Full<Bytes>>,
+    bench: Bench,
+}
+
+impl std::ops::Deref for EntraBench {
+    type Target = Bench;
+
+    fn deref(&self) -> &Bench {
+        &self.bench
+    }
 }
 
 impl EntraBench {
@@ -48,56 +51,15 @@ impl EntraBench {
             .expect("identity provider starts");
         idp.add_tenant(GUEST);
         idp.add_tenant(STRANGER);
-        let echo = EchoServer::start().await.expect("echo server starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("policy.yaml");
-        let spec = format!("  validateAzureAdToken:\n{}{rest}", validator(&idp));
-        std::fs::write(&path, manifest("entra", &spec)).expect("policy written");
-        let sidecar = tokengate_sidecar::start(support::config(vec![path], &echo))
-            .await
-            .expect("sidecar starts");
-        let bench = Self {
-            idp,
-            echo,
-            sidecar,
-            _dir: dir,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        };
-        for _ in 0..200 {
-            if bench.sidecar.ready() {
-                return bench;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let spec =
+            |idp: &IdentityProvider| format!("  validateAzureAdToken:\n{}{rest}", validator(idp));
+        Self {
+            bench: Bench::start_against(idp, spec, |_| {}).await,
         }
-        panic!("sidecar not ready after 5s");
     }
 
     async fn call(&self, path: &str, token: &str) -> Reply {
-        let request = Request::get(format!("http://{}{path}", self.sidecar.proxy_addr))
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::default())
-            .expect("request");
-        self.send(request).await
-    }
-
-    async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
-            .await
-            .expect("answer within 30s")
-            .expect("request reaches the sidecar");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("response body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        self.bench.get_with_token(path, token).await
     }
 
     fn denials(&self, reason: &str) -> f64 {
@@ -105,7 +67,7 @@ impl EntraBench {
             &self.sidecar.metrics.render(),
             "tokengate_requests_total",
             &[
-                ("policy", "entra"),
+                ("policy", "bench"),
                 ("decision", "deny"),
                 ("reason", reason),
             ],

@@ -25,7 +25,7 @@ pub struct Bench {
     pub echo: EchoServer,
     pub sidecar: Running,
     pub dir: tempfile::TempDir,
-    client: Client<HttpConnector, Full<Bytes>>,
+    pub client: Client<HttpConnector, Full<Bytes>>,
 }
 
 pub struct Reply {
