@@ -12,14 +12,14 @@ lint:
 
 # etcd, kube-apiserver and kube-controller-manager for the cluster tests, built from their Go
 # modules and cached outside the repository keyed by version; seconds when cached.
-CONTROLPLANE_BIN := $(shell bash tests/controlplane/build.sh --print-bin-dir)
+CONTROLPLANE_BIN := $(shell bash testkit/controlplane/build.sh --print-bin-dir)
 
 controlplane:
-	bash tests/controlplane/build.sh controlplane
+	bash testkit/controlplane/build.sh controlplane
 
 # helm, for the chart tier (same build script and cache).
 helm:
-	bash tests/controlplane/build.sh helm
+	bash testkit/controlplane/build.sh helm
 
 test: lint controlplane
 	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) $(CARGO) test --workspace

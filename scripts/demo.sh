@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet -p tokengate-sidecar -p tokengate-tests --bins
+cargo build --quiet -p tokengate-sidecar -p tokengate-testkit --bins
 bin=target/debug
 log=$(mktemp -d)
 pids=()

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Response, StatusCode, header};
-use http_body_util::Full;
+use tokengate_runtime::{AdminState, Readiness, serve_admin};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -38,6 +36,36 @@ impl Health {
     }
 }
 
+/// What the operator's admin port reports.
+struct OperatorAdmin {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl AdminState for OperatorAdmin {
+    fn readiness(&self) -> Readiness {
+        if !self.health.is_ready() {
+            return Readiness {
+                ready: false,
+                detail: "not ready: starting watches\n".to_owned(),
+            };
+        }
+        let role = if self.health.is_leader() {
+            "leader"
+        } else {
+            "standby"
+        };
+        Readiness {
+            ready: true,
+            detail: format!("ready ({role})\n"),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
 /// Binds the admin address and serves it in the background; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -48,45 +76,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the admin address {addr}"))?;
     let bound = listener.local_addr().context("admin address")?;
-    tokio::spawn(tokengate_sidecar::process::serve_admin(
+    tokio::spawn(serve_admin(
         listener,
-        move |path: &str| respond(path, &health, &metrics),
+        Arc::new(OperatorAdmin { health, metrics }),
     ));
     Ok(bound)
-}
-
-fn respond(path: &str, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/live" => (StatusCode::OK, "text/plain", "live\n".to_string()),
-        "/ready" if health.is_ready() => {
-            let role = if health.is_leader() {
-                "leader"
-            } else {
-                "standby"
-            };
-            (StatusCode::OK, "text/plain", format!("ready ({role})\n"))
-        }
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: starting watches\n".to_string(),
-        ),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kube::runtime::events::Reporter;
-use tokengate_sidecar::keyset::{KeyCache, KeySettings};
+use tokengate_keys::{KeyCache, KeySettings};
 
 use crate::admin::{self, Health};
 use crate::controller::{self, Timing};
@@ -61,8 +61,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-use tokengate_sidecar::process::wait_for_signal;
-pub use tokengate_sidecar::process::{LogFormat, init_logging};
+use tokengate_runtime::wait_for_signal;
+pub use tokengate_runtime::{LogFormat, init_logging};
 
 /// Runs until SIGTERM/SIGINT (exit 0) or until leadership is lost (error: the process exits
 /// and its restart stands by as a candidate again).
@@ -101,9 +101,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     health.set_leader(true);
 
-    let key_metrics = Arc::new(
-        tokengate_sidecar::metrics::Metrics::new().context("registering key-check metrics")?,
-    );
     let keys = KeyCache::new(
         KeySettings {
             refresh_interval: cli.key_recheck,
@@ -111,7 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             fetch_timeout: cli.key_fetch_timeout,
             ..KeySettings::default()
         },
-        key_metrics,
+        Arc::clone(&metrics.keys),
         cli.extra_ca_file.as_deref(),
     )?;
     let timing = Timing::default();

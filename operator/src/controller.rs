@@ -22,9 +22,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
+use tokengate_keys::{KeyCache, Source};
 use tokengate_policy::status::condition;
 use tokengate_policy::{TokenPolicy, TokenPolicySpec, TokenPolicyStatus};
-use tokengate_sidecar::keyset::{KeyCache, Source};
 
 use crate::metrics::Metrics;
 use crate::render::{self, MANAGER};

@@ -7,6 +7,6 @@ async fn main() {
     init_logging(cli.log_format);
     if let Err(err) = run(cli).await {
         tracing::error!("{err:#}");
-        std::process::exit(1);
+        std::process::exit(tokengate_runtime::exit::FAILURE);
     }
 }

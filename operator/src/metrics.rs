@@ -1,8 +1,9 @@
 //! The operator's Prometheus metrics, in one explicit registry (names in DESIGN.md).
 
-use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use std::sync::Arc;
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokengate_keys::KeyMetrics;
 
 pub struct Metrics {
     registry: Registry,
@@ -11,6 +12,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// TokenPolicies per namespace.
     pub policies: IntGaugeVec,
+    /// Key fetches made to report `KeysResolved` (the same metrics as the sidecar's).
+    pub keys: Arc<KeyMetrics>,
 }
 
 impl Metrics {
@@ -39,20 +42,18 @@ impl Metrics {
         registry.register(Box::new(reconcile.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(policies.clone()))?;
+        let keys = Arc::new(KeyMetrics::register(&registry)?);
         Ok(Self {
             registry,
             reconcile,
             reconcile_duration,
             policies,
+            keys,
         })
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-            tracing::warn!(error = %err, "encoding metrics");
-        }
-        String::from_utf8(buffer).unwrap_or_default()
+        tokengate_runtime::metrics::encode_text(&self.registry)
     }
 }

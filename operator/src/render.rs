@@ -19,31 +19,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource as _, ResourceExt as _};
+use tokengate_policy::contract;
 use tokengate_policy::document::{API_VERSION, DocumentMeta, KIND};
 use tokengate_policy::selector::SelectorOperator;
 use tokengate_policy::spec::SecretKeyRef;
 use tokengate_policy::{LabelSelector, TokenPolicy, TokenPolicyDocument, TokenPolicySpec};
 
-/// ConfigMap with the namespace's policies, one `<name>.yaml` each.
-pub const POLICIES_CONFIG_MAP: &str = "tokengate-policies";
-/// Secret with the symmetric key material the policies reference, one `<secret>.<key>` each.
-pub const KEYS_SECRET: &str = "tokengate-keys";
-/// Port the injected sidecar serves the application's traffic on.
-pub const SIDECAR_PROXY_PORT: i32 = 15080;
-/// Port of the sidecar's admin server (`/live`, `/ready`, `/metrics`).
-pub const SIDECAR_ADMIN_PORT: i32 = 15081;
-/// Name of the injected sidecar container.
-pub const SIDECAR_CONTAINER: &str = "tokengate-sidecar";
-/// Pod annotation naming the protected ports (numbers or names, comma-separated).
-pub const PORTS_ANNOTATION: &str = "tokengate.dev/ports";
-/// Field manager of every server-side apply, and the `app.kubernetes.io/managed-by` value.
-pub const MANAGER: &str = "tokengate-operator";
-/// Label on everything the operator renders.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use tokengate_policy::contract::{
+    KEYS_SECRET, MANAGED_BY_LABEL, MANAGER, POLICIES_CONFIG_MAP, PORTS_ANNOTATION,
+    SIDECAR_CONTAINER,
+};
+/// [`contract::SIDECAR_PROXY_PORT`] as Kubernetes types ports.
+pub const SIDECAR_PROXY_PORT: i32 = contract::SIDECAR_PROXY_PORT as i32;
+/// [`contract::SIDECAR_ADMIN_PORT`] as Kubernetes types ports.
+pub const SIDECAR_ADMIN_PORT: i32 = contract::SIDECAR_ADMIN_PORT as i32;
 
 /// The bundle file name of a `secretRef`'s key material.
 pub fn key_file_name(reference: &SecretKeyRef) -> String {
-    format!("{}.{}", reference.name, reference.key)
+    contract::key_file_name(&reference.name, &reference.key)
 }
 
 /// Every `secretRef` of a spec.
@@ -129,7 +122,7 @@ pub fn bundle(
     let mut secret_problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for policy in policies {
         let name = policy.name_any();
-        policy_files.insert(format!("{name}.yaml"), policy_document(policy)?);
+        policy_files.insert(contract::policy_file_name(&name), policy_document(policy)?);
         for reference in secret_refs(&policy.spec) {
             let problem = match secrets.get(&reference.name) {
                 None | Some(None) => Some(format!(

@@ -18,8 +18,8 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokengate_policy::TokenPolicy;
-use tokengate_tests::cluster::{ControlPlane, Process, apply_crd, free_port, wait_until};
-use tokengate_tests::idp::IdentityProvider;
+use tokengate_testkit::cluster::{ControlPlane, Process, apply_crd, free_port, wait_until};
+use tokengate_testkit::idp::IdentityProvider;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tokengate-operator");
 const SYSTEM_NAMESPACE: &str = "tokengate-system";
@@ -43,7 +43,7 @@ where
 {
     api.patch(
         name,
-        &PatchParams::apply("tokengate-tests").force(),
+        &PatchParams::apply("tokengate-testkit").force(),
         &Patch::Apply(object),
     )
     .await
@@ -988,8 +988,8 @@ async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 /// `--bundle`, following edits of the policy and of the pod's labels live.
 #[tokio::test]
 async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
-    use tokengate_tests::cluster::podrunner::{PodRunnerOptions, RunningPod};
-    use tokengate_tests::echo::EchoServer;
+    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use tokengate_testkit::echo::EchoServer;
     let (client, namespace, _) = setup("e2e").await;
     let sidecar = std::path::Path::new(OPERATOR).with_file_name("tokengate-sidecar");
     assert!(
@@ -1004,7 +1004,7 @@ async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
     let spec = json!({
         "selector": {"matchLabels": {"app": "shop"}},
         "validateJwt": {"openidConfigs": [{"url": idp.discovery_url()}],
-                        "audiences": [tokengate_tests::idp::DEFAULT_AUDIENCE]},
+                        "audiences": [tokengate_testkit::idp::DEFAULT_AUDIENCE]},
         "forwarding": {"claimsToHeaders": [{"claim": "sub", "header": "X-User"}]},
     });
     policies

@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod compile;
+pub mod contract;
 pub mod document;
 pub mod entra;
 pub mod keys;

@@ -7,12 +7,12 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 use std::sync::Arc;
+use tokengate_keys::{KeyView, SourceKeys};
 use tokengate_policy::{KeyFiles, compile, parse_documents};
-use tokengate_sidecar::keyset::{KeyView, SourceKeys};
 use tokengate_sidecar::metrics::Metrics;
 use tokengate_sidecar::token_cache::{Lookup, TokenCache};
 use tokengate_sidecar::verify::{NoTrace, verify};
-use tokengate_tests::idp::{EntraTokenVersion, IdentityProvider, KeyFamily};
+use tokengate_testkit::idp::{EntraTokenVersion, IdentityProvider, KeyFamily};
 
 struct NoFiles;
 impl KeyFiles for NoFiles {
@@ -32,7 +32,7 @@ fn bench_verify(c: &mut Criterion) {
     let rsa = idp.current_key(KeyFamily::Rsa);
     let p256 = idp.current_key(KeyFamily::EcP256);
     let text = format!(
-        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-tests\"]\n    requiredClaims: [{{name: sub}}]\n",
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-testkit\"]\n    requiredClaims: [{{name: sub}}]\n",
         rsa.jwk,
         p256.jwk,
         idp.issuer()

@@ -20,10 +20,9 @@ use tokengate_policy::{CompiledPolicy, compile, parse_documents};
 
 use crate::load::WatchedKeyFiles;
 
-/// Subdirectory holding the ConfigMap `tokengate-policies`.
-pub const POLICIES_DIR: &str = "policies";
-/// Subdirectory holding the Secret `tokengate-keys`.
-pub const KEYS_DIR: &str = "keys";
+pub use tokengate_policy::contract::{
+    BUNDLE_KEYS_DIR as KEYS_DIR, BUNDLE_POLICIES_DIR as POLICIES_DIR,
+};
 
 /// A policy read from the bundle, with the file it came from.
 #[derive(Clone, Debug)]

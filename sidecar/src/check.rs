@@ -11,9 +11,9 @@ use tokengate_policy::routes::route;
 use tokengate_policy::spec::Authentication;
 
 use crate::gate::{ActivePolicy, Gate};
-use crate::keyset::KeyCache;
 use crate::reject::{Rejection, Stage, rejection_response};
 use crate::verify::{Trace, claim_rejection};
+use tokengate_keys::KeyCache;
 
 /// Collects the checks as lines of text.
 #[derive(Default)]

@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tokengate_policy::contract;
 
 use crate::gate::StartupMode;
-use crate::keyset::{KeyCache, KeySettings};
 use crate::load::{load_pod_labels, load_policy_files, select_policy};
-use crate::metrics::Metrics;
 use crate::proxy::{UpstreamProtocol, UpstreamSettings};
 use crate::server::{Limits, SidecarConfig};
+use tokengate_keys::{KeyCache, KeyMetrics, KeySettings};
 
-/// Exit code for configuration errors (sysexits EX_USAGE... EX_CONFIG is 78; linkerd and most
-/// proxies use 64 for "bad invocation or configuration").
-pub const EXIT_CONFIG: i32 = 64;
+fn every_address(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +34,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-pub use crate::process::LogFormat;
+pub use tokengate_runtime::LogFormat;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -68,7 +68,7 @@ pub struct RunArgs {
     pub pod_labels: Option<PathBuf>,
 
     /// Address clients connect to (15080: the port the operator's NetworkPolicy admits).
-    #[arg(long, default_value = "0.0.0.0:15080")]
+    #[arg(long, default_value_t = every_address(contract::SIDECAR_PROXY_PORT))]
     pub listen: SocketAddr,
 
     /// The application, e.g. http://127.0.0.1:8080.
@@ -81,7 +81,7 @@ pub struct RunArgs {
 
     /// Admin address serving /live, /ready and /metrics (15081, admitted by the operator's
     /// NetworkPolicy for scrapes and probes).
-    #[arg(long, default_value = "0.0.0.0:15081")]
+    #[arg(long, default_value_t = every_address(contract::SIDECAR_ADMIN_PORT))]
     pub admin: SocketAddr,
 
     #[command(flatten)]
@@ -231,10 +231,9 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<bool> {
             conflicts.join(", ")
         );
     }
-    let metrics = Arc::new(Metrics::new()?);
     let keys = KeyCache::new(
         args.keys.settings(),
-        metrics,
+        Arc::new(KeyMetrics::unregistered()?),
         args.keys.extra_ca_file.as_deref(),
     )?;
     let token = args.token.trim();

@@ -12,10 +12,10 @@ use tokengate_policy::routes::route;
 use tokengate_policy::spec::Authentication;
 
 use crate::extract::{ExtractedToken, extract};
-use crate::keyset::{KeyCache, KeyView, Source};
 use crate::reject::{RejectReason, Rejection};
 use crate::token_cache::{Lookup, TokenCache};
 use crate::verify::{NoTrace, Trace, VerifiedToken, claim_rejection, verify};
+use tokengate_keys::{KeyCache, KeyView, Source};
 
 /// The policy in force, with the key sources it uses. Swapped whole on reload, so a request
 /// sees one version from start to end.

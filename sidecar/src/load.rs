@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use tokengate_policy::contract;
 use tokengate_policy::selector::parse_downward_labels;
 use tokengate_policy::{CompiledPolicy, KeyFiles, compile, parse_documents};
 
@@ -47,21 +48,13 @@ impl KeyFiles for WatchedKeyFiles<'_> {
 
     fn read_secret(&self, name: &str, key: &str) -> Option<std::io::Result<String>> {
         let dir = self.secrets?;
-        // Both are Kubernetes names ([-._a-zA-Z0-9]); anything else must not become a path.
-        let valid = |part: &str| {
-            !part.is_empty()
-                && !part.starts_with("..")
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        };
-        if !valid(name) || !valid(key) {
+        if !contract::is_valid_key_file_part(name) || !contract::is_valid_key_file_part(key) {
             return Some(Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "not a valid Secret name and key",
             )));
         }
-        Some(self.read_path(dir.join(format!("{name}.{key}"))))
+        Some(self.read_path(dir.join(contract::key_file_name(name, key))))
     }
 }
 

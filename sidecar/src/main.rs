@@ -1,6 +1,6 @@
 use clap::Parser as _;
-use tokengate_sidecar::cli::{Cli, Command, EXIT_CONFIG};
-use tokengate_sidecar::process::{init_logging, wait_for_signal};
+use tokengate_runtime::{exit, init_logging, wait_for_signal};
+use tokengate_sidecar::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() {
@@ -12,19 +12,19 @@ async fn main() {
                 wait_for_signal().await;
                 tracing::info!("shutting down");
                 running.shutdown().await;
-                0
+                exit::OK
             }
             Err(err) => {
                 tracing::error!("{err:#}");
-                EXIT_CONFIG
+                exit::CONFIG
             }
         },
         Command::Check(args) => match tokengate_sidecar::cli::run_check(args).await {
-            Ok(true) => 0,
-            Ok(false) => 1,
+            Ok(true) => exit::OK,
+            Ok(false) => exit::FAILURE,
             Err(err) => {
                 eprintln!("error: {err:#}");
-                EXIT_CONFIG
+                exit::CONFIG
             }
         },
     };

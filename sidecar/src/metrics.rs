@@ -3,10 +3,12 @@
 //! Label values stay bounded: policy names, reason codes, key-source URLs from the policy;
 //! never subjects, tokens or paths.
 
+use std::sync::Arc;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use tokengate_keys::KeyMetrics;
 
 pub struct Metrics {
     registry: Registry,
@@ -14,8 +16,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: Histogram,
     pub token_cache: IntCounterVec,
-    pub jwks_fetch: IntCounterVec,
-    pub keys: IntGaugeVec,
+    /// Key-fetch metrics, owned by the key cache, served here.
+    pub keys: Arc<KeyMetrics>,
     pub policy_reloads: IntCounterVec,
     pub policy_generation: IntGauge,
     /// 1 for each policy that also selects this pod but is not applied (the conflict), with
@@ -59,17 +61,6 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        let jwks_fetch = IntCounterVec::new(
-            Opts::new(
-                "tokengate_jwks_fetch_total",
-                "Key set fetches, by source and result",
-            ),
-            &["source", "result"],
-        )?;
-        let keys = IntGaugeVec::new(
-            Opts::new("tokengate_keys", "Usable verification keys held, by source"),
-            &["source"],
-        )?;
         let policy_reloads = IntCounterVec::new(
             Opts::new("tokengate_policy_reloads_total", "Policy loads, by result"),
             &["result"],
@@ -89,8 +80,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(token_cache.clone()))?;
-        registry.register(Box::new(jwks_fetch.clone()))?;
-        registry.register(Box::new(keys.clone()))?;
+        let keys = Arc::new(KeyMetrics::register(&registry)?);
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_generation.clone()))?;
         registry.register(Box::new(policy_conflicts.clone()))?;
@@ -100,7 +90,6 @@ impl Metrics {
             request_duration,
             upstream_duration,
             token_cache,
-            jwks_fetch,
             keys,
             policy_reloads,
             policy_generation,
@@ -110,10 +99,6 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-            tracing::warn!(error = %err, "encoding metrics failed");
-        }
-        String::from_utf8(buffer).unwrap_or_default()
+        tokengate_runtime::metrics::encode_text(&self.registry)
     }
 }

@@ -6,18 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokengate_keys::{KeyCache, KeySettings};
+use tokengate_runtime::{AdminState, Readiness, serve_admin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::gate::{Gate, Startup, StartupMode};
-use crate::keyset::{KeyCache, KeySettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamSettings};
 use crate::reload::{PolicyInputs, PolicySource, watch_inputs};
@@ -109,7 +107,7 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let keys = KeyCache::new(
         config.keys.clone(),
-        Arc::clone(&metrics),
+        Arc::clone(&metrics.keys),
         config.extra_ca.as_deref(),
     )?;
     let gate = Arc::new(Gate::with(
@@ -162,8 +160,10 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
     ));
     let admin_task = tokio::spawn(serve_admin(
         admin_listener,
-        Arc::clone(&gate),
-        Arc::clone(&metrics),
+        Arc::new(SidecarAdmin {
+            gate: Arc::clone(&gate),
+            metrics: Arc::clone(&metrics),
+        }),
     ));
     Ok(Running {
         proxy_addr,
@@ -239,46 +239,31 @@ fn is_ready(gate: &Gate) -> bool {
         .is_some_and(|active| active.keys_ready(&gate.keys))
 }
 
-async fn serve_admin(listener: TcpListener, gate: Arc<Gate>, metrics: Arc<Metrics>) {
-    crate::process::serve_admin(listener, move |path: &str| {
-        admin_response(path, &gate, &metrics)
-    })
-    .await;
+/// What the sidecar's admin port reports.
+struct SidecarAdmin {
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
 }
 
-fn admin_response(path: &str, gate: &Gate, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/live" => (StatusCode::OK, "text/plain", "live\n".to_owned()),
-        "/ready" => readiness(gate),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
+impl AdminState for SidecarAdmin {
+    fn readiness(&self) -> Readiness {
+        readiness(&self.gate)
     }
-    response
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 /// `/ready`: 200 once some key can verify tokens; the body says what each source is doing,
 /// so `curl /ready` answers "why is my pod not ready".
-fn readiness(gate: &Gate) -> (StatusCode, &'static str, String) {
+fn readiness(gate: &Gate) -> Readiness {
     let active = gate.active.load_full();
     let Some(active) = active else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: no policy selects this pod\n".to_owned(),
-        );
+        return Readiness {
+            ready: false,
+            detail: "not ready: no policy selects this pod\n".to_owned(),
+        };
     };
     let max_stale = gate.keys.settings().max_stale;
     let mut body = format!(
@@ -304,12 +289,14 @@ fn readiness(gate: &Gate) -> (StatusCode, &'static str, String) {
         }
     }
     if active.keys_ready(&gate.keys) {
-        (StatusCode::OK, "text/plain", format!("ready\n{body}"))
+        Readiness {
+            ready: true,
+            detail: format!("ready\n{body}"),
+        }
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            format!("not ready: no usable keys yet\n{body}"),
-        )
+        Readiness {
+            ready: false,
+            detail: format!("not ready: no usable keys yet\n{body}"),
+        }
     }
 }

@@ -17,10 +17,10 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use tokengate_policy::Verification;
 
-use crate::keyset::KeyView;
 use crate::metrics::Metrics;
 use crate::reject::Rejection;
 use crate::verify::{NoTrace, VerifiedToken, check_times};
+use tokengate_keys::KeyView;
 
 /// Default `--token-cache-entries`.
 pub const DEFAULT_ENTRIES: usize = 10_000;

@@ -13,8 +13,8 @@ use tokengate_policy::claims::ClaimFailure;
 use tokengate_policy::entra::{EntraFailure, EntraRules};
 use tokengate_policy::{IssuerRule, Verification};
 
-use crate::keyset::KeyView;
 use crate::reject::{RejectReason, Rejection};
+use tokengate_keys::KeyView;
 
 /// A token that passed every check of its policy.
 #[derive(Clone, Debug)]

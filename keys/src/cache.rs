@@ -1,0 +1,438 @@
+//! Remote key sets: one cache per process, shared by every connection.
+//!
+//! Each source (discovery document or JWKS URL) is fetched before the sidecar reports ready,
+//! refreshed in the background, refetched when a token names an unknown `kid` (at most once
+//! per cooldown), and kept up to a maximum age when a refresh fails. Sources are independent:
+//! one failing URL never holds back another. A `kid` still unknown after a refetch is
+//! remembered per source for the cooldown (the negative cache), so repeats of it are refused
+//! at once, without waiting on or triggering fetches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
+use tokengate_policy::{RemoteKeySource, VerificationKey};
+
+use crate::metrics::KeyMetrics;
+use crate::tls::https_connector;
+
+/// Timings of the key cache.
+#[derive(Clone, Debug)]
+pub struct KeySettings {
+    /// How often a healthy source is refetched (APIM refreshes hourly).
+    pub refresh_interval: Duration,
+    /// How soon a failed fetch is retried.
+    pub retry_interval: Duration,
+    /// Least time between two fetches caused by unknown `kid`s.
+    pub miss_cooldown: Duration,
+    /// Timeout of one fetch (discovery and JWKS together).
+    pub fetch_timeout: Duration,
+    /// How long keys stay in use when every refresh fails.
+    pub max_stale: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(3600),
+            retry_interval: Duration::from_secs(5),
+            miss_cooldown: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            max_stale: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Largest discovery or JWKS document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Most unknown `kid`s remembered per source; a flood of distinct ones clears the memory
+/// rather than growing it.
+const MAX_UNKNOWN_KIDS: usize = 4096;
+
+/// The keys of one source at one moment.
+#[derive(Debug)]
+pub struct SourceKeys {
+    pub keys: Vec<VerificationKey>,
+    /// The discovery document's `issuer`, for policies that accept it.
+    pub issuer: Option<String>,
+    pub fetched_at: Instant,
+}
+
+/// One remote source and its state.
+pub struct Source {
+    pub id: RemoteKeySource,
+    keys: ArcSwapOption<SourceKeys>,
+    last_error: Mutex<Option<String>>,
+    last_miss_fetch: Mutex<Option<Instant>>,
+    /// Single flight: concurrent refetches wait for the one in progress.
+    fetching: tokio::sync::Mutex<()>,
+    /// `kid`s still unknown after a refetch, with when they were found so.
+    unknown_kids: Mutex<HashMap<String, Instant>>,
+}
+
+impl Source {
+    fn new(id: RemoteKeySource) -> Self {
+        Self {
+            id,
+            keys: ArcSwapOption::empty(),
+            last_error: Mutex::new(None),
+            last_miss_fetch: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            unknown_kids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `kid` was found missing from this source less than `cooldown` ago.
+    fn is_known_unknown(&self, kid: &str, cooldown: Duration) -> bool {
+        self.unknown_kids
+            .lock()
+            .ok()
+            .and_then(|kids| kids.get(kid).map(|at| at.elapsed() < cooldown))
+            .unwrap_or(false)
+    }
+
+    fn remember_unknown(&self, kid: &str, cooldown: Duration) {
+        let Ok(mut kids) = self.unknown_kids.lock() else {
+            return;
+        };
+        if kids.len() >= MAX_UNKNOWN_KIDS {
+            kids.retain(|_, at| at.elapsed() < cooldown);
+            if kids.len() >= MAX_UNKNOWN_KIDS {
+                kids.clear();
+            }
+        }
+        kids.insert(kid.to_owned(), Instant::now());
+    }
+
+    /// Whether the source's current keys (however old) hold `kid`.
+    fn holds_kid(&self, kid: &str) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|keys| keys.keys.iter().any(|key| key.kid.as_deref() == Some(kid)))
+    }
+
+    /// The keys, unless the last good fetch is older than `max_stale`.
+    pub fn current(&self, max_stale: Duration) -> Option<Arc<SourceKeys>> {
+        self.keys
+            .load_full()
+            .filter(|keys| keys.fetched_at.elapsed() <= max_stale)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+pub struct KeyCache {
+    sources: Mutex<HashMap<RemoteKeySource, Weak<Source>>>,
+    client: HttpsClient,
+    settings: KeySettings,
+    metrics: Arc<KeyMetrics>,
+    /// Counts completed fetches, so that callers can wait for keys to arrive.
+    fetches: tokio::sync::watch::Sender<u64>,
+}
+
+impl KeyCache {
+    /// `extra_ca`: a PEM bundle trusted besides the system roots, for private identity
+    /// providers.
+    pub fn new(
+        settings: KeySettings,
+        metrics: Arc<KeyMetrics>,
+        extra_ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = Client::builder(TokioExecutor::new()).build(https_connector(extra_ca)?);
+        Ok(Arc::new(Self {
+            sources: Mutex::new(HashMap::new()),
+            client,
+            settings,
+            metrics,
+            fetches: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+
+    /// Changes whenever a fetch completes, successfully or not.
+    pub fn fetch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fetches.subscribe()
+    }
+
+    pub fn settings(&self) -> &KeySettings {
+        &self.settings
+    }
+
+    /// The shared state of each source, starting a refresher for sources seen for the first
+    /// time. A source lives as long as some policy holds it.
+    pub fn sources(self: &Arc<Self>, ids: &[RemoteKeySource]) -> Vec<Arc<Source>> {
+        let Ok(mut map) = self.sources.lock() else {
+            return Vec::new();
+        };
+        map.retain(|_, weak| weak.strong_count() > 0);
+        ids.iter()
+            .map(|id| {
+                if let Some(existing) = map.get(id).and_then(Weak::upgrade) {
+                    return existing;
+                }
+                let source = Arc::new(Source::new(id.clone()));
+                map.insert(id.clone(), Arc::downgrade(&source));
+                tokio::spawn(Arc::clone(self).refresh_loop(Arc::downgrade(&source)));
+                source
+            })
+            .collect()
+    }
+
+    async fn refresh_loop(self: Arc<Self>, source: Weak<Source>) {
+        loop {
+            let Some(strong) = source.upgrade() else {
+                return;
+            };
+            let ok = self.fetch(&strong).await;
+            drop(strong);
+            let wait = if ok {
+                self.settings.refresh_interval
+            } else {
+                self.settings.retry_interval
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Whether every source found `kid` missing within the cooldown: the token can be refused
+    /// without a fetch.
+    pub fn is_known_unknown(&self, sources: &[Arc<Source>], kid: &str) -> bool {
+        let cooldown = self.settings.miss_cooldown;
+        !sources.is_empty()
+            && sources
+                .iter()
+                .all(|source| source.is_known_unknown(kid, cooldown))
+    }
+
+    /// Refetches sources after a token named a `kid` none of them holds, at most once per
+    /// cooldown per source, so a flood of made-up `kid`s cannot amplify into fetches. Sources
+    /// that found this `kid` missing within the cooldown are not asked again; a source that
+    /// still lacks it afterwards remembers that.
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        sources: &[Arc<Source>],
+        kid: Option<&str>,
+    ) -> bool {
+        let cooldown = self.settings.miss_cooldown;
+        let mut refreshed = false;
+        for source in sources {
+            if kid.is_some_and(|kid| source.is_known_unknown(kid, cooldown)) {
+                continue;
+            }
+            let due = {
+                let Ok(mut last) = source.last_miss_fetch.lock() else {
+                    continue;
+                };
+                let due = last.is_none_or(|t| t.elapsed() >= self.settings.miss_cooldown);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            if due {
+                refreshed |= self.fetch(source).await;
+            }
+            // Remembered only once a refetch has answered: while one is in flight, the kid
+            // may be about to arrive.
+            if let Some(kid) = kid
+                && !source.holds_kid(kid)
+                && source.fetching.try_lock().is_ok()
+            {
+                source.remember_unknown(kid, cooldown);
+            }
+        }
+        refreshed
+    }
+
+    /// Fetches every source now, for one-shot use such as `check`.
+    pub async fn fetch_all(&self, sources: &[Arc<Source>]) {
+        for source in sources {
+            self.fetch(source).await;
+        }
+    }
+
+    /// Fetches one source now; `true` when it yielded keys.
+    async fn fetch(&self, source: &Source) -> bool {
+        let _single_flight = source.fetching.lock().await;
+        let label = source.id.url();
+        let result = tokio::time::timeout(self.settings.fetch_timeout, self.fetch_keys(&source.id))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("timed out after {:?}", self.settings.fetch_timeout)));
+        let _notify = NotifyOnDrop(&self.fetches);
+        match result {
+            Ok(keys) => {
+                self.metrics
+                    .jwks_fetch
+                    .with_label_values(&[label, "success"])
+                    .inc();
+                self.metrics
+                    .keys
+                    .with_label_values(&[label])
+                    .set(i64::try_from(keys.keys.len()).unwrap_or(i64::MAX));
+                tracing::debug!(source = %source.id, keys = keys.keys.len(), "fetched keys");
+                source.keys.store(Some(Arc::new(keys)));
+                if let Ok(mut err) = source.last_error.lock() {
+                    *err = None;
+                }
+                true
+            }
+            Err(err) => {
+                self.metrics
+                    .jwks_fetch
+                    .with_label_values(&[label, "error"])
+                    .inc();
+                let message = format!("{err:#}");
+                tracing::warn!(source = %source.id, error = %message, "fetching keys failed");
+                if let Ok(mut last) = source.last_error.lock() {
+                    *last = Some(message);
+                }
+                false
+            }
+        }
+    }
+
+    async fn fetch_keys(&self, id: &RemoteKeySource) -> anyhow::Result<SourceKeys> {
+        let (jwks_uri, issuer) = match id {
+            RemoteKeySource::Jwks(url) => (url.clone(), None),
+            RemoteKeySource::Discovery(url) => {
+                let doc = self.get_json(url).await.context("discovery document")?;
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| anyhow!("discovery document {url} has no jwks_uri"))?;
+                let parsed = url::Url::parse(jwks_uri)
+                    .with_context(|| format!("jwks_uri {jwks_uri:?} is not a URL"))?;
+                if !matches!(parsed.scheme(), "https" | "http") {
+                    bail!("jwks_uri {jwks_uri:?} is not http or https");
+                }
+                let issuer = doc
+                    .get("issuer")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned);
+                (jwks_uri.to_owned(), issuer)
+            }
+        };
+        let jwks = self.get_json(&jwks_uri).await.context("key set")?;
+        let entries = jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| anyhow!("{jwks_uri} is not a JWKS document (no keys array)"))?;
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match VerificationKey::from_jwk_value(entry) {
+                Ok(key) => keys.push(key),
+                Err(err) => {
+                    let kid = entry.get("kid").and_then(serde_json::Value::as_str);
+                    tracing::debug!(source = %jwks_uri, kid, error = %err, "skipping key");
+                }
+            }
+        }
+        if keys.is_empty() {
+            bail!("{jwks_uri} holds no usable signing keys");
+        }
+        Ok(SourceKeys {
+            keys,
+            issuer,
+            fetched_at: Instant::now(),
+        })
+    }
+
+    async fn get_json(&self, url: &str) -> anyhow::Result<serde_json::Value> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URI"))?;
+        let request = http::Request::get(uri)
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::USER_AGENT,
+                concat!("tokengate/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .context("building request")?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {url}: HTTP {status}");
+        }
+        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+            .map_err(|err| anyhow!("GET {url}: reading body: {err}"))?
+            .to_bytes();
+        serde_json::from_slice(&body).with_context(|| format!("GET {url}: not JSON"))
+    }
+}
+
+/// Announces a completed fetch once the new keys are stored.
+struct NotifyOnDrop<'a>(&'a tokio::sync::watch::Sender<u64>);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+/// The keys one policy can use right now: its own plus its sources'.
+pub struct KeyView<'a> {
+    pub static_keys: &'a [VerificationKey],
+    pub remote: Vec<Arc<SourceKeys>>,
+}
+
+impl KeyView<'_> {
+    /// Keys that may verify a token with this `kid` and algorithm. With a `kid`, the keys of
+    /// that id, or failing those the keys given without an id; without a `kid`, every key that
+    /// fits the algorithm (as APIM does).
+    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&VerificationKey> {
+        let fitting = || self.all().filter(move |key| key.fits(alg));
+        match kid {
+            None => fitting().collect(),
+            Some(kid) => {
+                let named: Vec<_> = fitting()
+                    .filter(|key| key.kid.as_deref() == Some(kid))
+                    .collect();
+                if named.is_empty() {
+                    fitting().filter(|key| key.kid.is_none()).collect()
+                } else {
+                    named
+                }
+            }
+        }
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.all().any(|key| key.kid.as_deref() == Some(kid))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all().next().is_none()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &VerificationKey> {
+        self.static_keys
+            .iter()
+            .chain(self.remote.iter().flat_map(|source| source.keys.iter()))
+    }
+
+    pub fn discovery_issuers(&self) -> impl Iterator<Item = &str> {
+        self.remote
+            .iter()
+            .filter_map(|source| source.issuer.as_deref())
+    }
+}

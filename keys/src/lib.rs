@@ -1,0 +1,11 @@
+//! tokengate's key cache: remote key sets (OIDC discovery, then `jwks_uri`, or a JWKS URL)
+//! fetched once per process and shared, refreshed in the background, refetched on an unknown
+//! `kid`, kept while refreshes fail; TLS roots for those fetches; and their metrics. Used by the
+//! sidecar to verify tokens and by the operator to report `KeysResolved`.
+
+pub mod cache;
+pub mod metrics;
+mod tls;
+
+pub use cache::{KeyCache, KeySettings, KeyView, Source, SourceKeys};
+pub use metrics::KeyMetrics;

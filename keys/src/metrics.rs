@@ -1,0 +1,36 @@
+//! Key-fetch metrics, registered into the registry of the process that owns the key cache (the
+//! sidecar's, or the operator's, which fetches the same sources to report `KeysResolved`).
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+pub struct KeyMetrics {
+    /// `tokengate_jwks_fetch_total{source,result}`
+    pub jwks_fetch: IntCounterVec,
+    /// `tokengate_keys{source}`
+    pub keys: IntGaugeVec,
+}
+
+impl KeyMetrics {
+    /// Creates the key metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let jwks_fetch = IntCounterVec::new(
+            Opts::new(
+                "tokengate_jwks_fetch_total",
+                "Key set fetches, by source and result",
+            ),
+            &["source", "result"],
+        )?;
+        let keys = IntGaugeVec::new(
+            Opts::new("tokengate_keys", "Usable verification keys held, by source"),
+            &["source"],
+        )?;
+        registry.register(Box::new(jwks_fetch.clone()))?;
+        registry.register(Box::new(keys.clone()))?;
+        Ok(Self { jwks_fetch, keys })
+    }
+
+    /// Metrics registered nowhere, for one-shot uses such as `check`.
+    pub fn unregistered() -> Result<Self, prometheus::Error> {
+        Self::register(&Registry::new())
+    }
+}

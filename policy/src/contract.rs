@@ -1,0 +1,109 @@
+//! Every name, port, label, annotation and path that the operator (and its webhook) and the
+//! sidecar must agree on, in one place. The operator writes what this module says; the sidecar
+//! reads it; tests on both sides import it instead of spelling the values again.
+
+/// Field manager of every server-side apply the operator makes, and the value of the
+/// `app.kubernetes.io/managed-by` label on what it renders.
+pub const MANAGER: &str = "tokengate-operator";
+/// Label on everything the operator renders.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// ConfigMap with a namespace's compiled policies, one [`policy_file_name`] each.
+pub const POLICIES_CONFIG_MAP: &str = "tokengate-policies";
+/// Secret with the symmetric key material the policies of a namespace reference, one
+/// [`key_file_name`] each. Key material never goes into a ConfigMap.
+pub const KEYS_SECRET: &str = "tokengate-keys";
+
+/// Name of the injected sidecar container.
+pub const SIDECAR_CONTAINER: &str = "tokengate-sidecar";
+/// Port the sidecar serves the application's traffic on (the port a NetworkPolicy admits).
+pub const SIDECAR_PROXY_PORT: u16 = 15080;
+/// Port of the sidecar's admin server (`/live`, `/ready`, `/metrics`).
+pub const SIDECAR_ADMIN_PORT: u16 = 15081;
+
+/// Namespace label that opts every pod of the namespace in, with the value
+/// [`INJECTION_ENABLED`].
+pub const NAMESPACE_INJECTION_LABEL: &str = "tokengate.dev/injection";
+/// Value of [`NAMESPACE_INJECTION_LABEL`] that enables injection.
+pub const INJECTION_ENABLED: &str = "enabled";
+/// Pod label: `true` opts a pod in, `false` opts it out (over the namespace's label).
+pub const POD_INJECT_LABEL: &str = "tokengate.dev/inject";
+/// Pod annotation naming the protected ports (numbers or names, comma-separated).
+pub const PORTS_ANNOTATION: &str = "tokengate.dev/ports";
+
+/// The bundle as the sidecar sees it: the directory given to `run --bundle`. Below it,
+/// [`BUNDLE_POLICIES_DIR`] holds [`POLICIES_CONFIG_MAP`] and [`BUNDLE_KEYS_DIR`] holds
+/// [`KEYS_SECRET`].
+pub const BUNDLE_DIR: &str = "/var/run/tokengate/bundle";
+/// Subdirectory of the bundle holding the ConfigMap [`POLICIES_CONFIG_MAP`].
+pub const BUNDLE_POLICIES_DIR: &str = "policies";
+/// Subdirectory of the bundle holding the Secret [`KEYS_SECRET`].
+pub const BUNDLE_KEYS_DIR: &str = "keys";
+/// Directory of the downward-API volume with the pod's labels.
+pub const POD_INFO_DIR: &str = "/var/run/tokengate/pod";
+/// File (below [`POD_INFO_DIR`]) holding the pod's labels, one `key="value"` a line.
+pub const POD_LABELS_FILE: &str = "labels";
+
+/// The bundle file name of a policy.
+pub fn policy_file_name(policy: &str) -> String {
+    format!("{policy}.yaml")
+}
+
+/// The bundle file name of a `secretRef`'s key material: `<secret>.<key>`.
+pub fn key_file_name(secret: &str, key: &str) -> String {
+    format!("{secret}.{key}")
+}
+
+/// Whether `part` may be a Secret name or key in [`key_file_name`]: a Kubernetes name
+/// (`[-._a-zA-Z0-9]`), so that it can never become a path outside the keys directory.
+pub fn is_valid_key_file_part(part: &str) -> bool {
+    !part.is_empty()
+        && !part.starts_with("..")
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// The sidecar's command-line arguments (after the program name) for an injected pod whose
+/// application listens on `app_port`: the bundle and labels at the paths above, the proxy and
+/// admin ports above on every address, the application on loopback.
+pub fn sidecar_run_args(app_port: u16) -> Vec<String> {
+    vec![
+        "run".to_owned(),
+        "--bundle".to_owned(),
+        BUNDLE_DIR.to_owned(),
+        "--pod-labels".to_owned(),
+        format!("{POD_INFO_DIR}/{POD_LABELS_FILE}"),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{SIDECAR_PROXY_PORT}"),
+        "--upstream".to_owned(),
+        format!("http://127.0.0.1:{app_port}"),
+        "--admin".to_owned(),
+        format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_parts_cannot_leave_the_directory() {
+        assert!(is_valid_key_file_part("hmac"));
+        assert!(is_valid_key_file_part("tls.key"));
+        for bad in ["", "..", "../x", "a/b", "a\\b", "a b", "ä"] {
+            assert!(!is_valid_key_file_part(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn run_args_name_the_contract_paths_and_ports() {
+        let args = sidecar_run_args(8080);
+        let joined = args.join(" ");
+        assert!(joined.starts_with("run --bundle /var/run/tokengate/bundle "));
+        assert!(joined.contains("--pod-labels /var/run/tokengate/pod/labels"));
+        assert!(joined.contains("--listen 0.0.0.0:15080"));
+        assert!(joined.contains("--upstream http://127.0.0.1:8080"));
+        assert!(joined.contains("--admin 0.0.0.0:15081"));
+    }
+}

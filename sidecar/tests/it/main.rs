@@ -1,0 +1,16 @@
+//! The sidecar's integration tests, one binary: the real sidecar on 127.0.0.1 between real
+//! clients, the test identity provider and a recording upstream. Select a suite with its module
+//! name, e.g. `cargo test -p tokengate-sidecar --test it -- reload::`.
+
+mod support;
+
+mod attacks;
+mod bundle;
+mod cli;
+mod entra;
+mod reload;
+mod resilience;
+mod startup;
+mod streaming;
+mod token_cache;
+mod validation;

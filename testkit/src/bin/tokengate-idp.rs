@@ -1,0 +1,181 @@
+//! Runs the test identity provider, or fetches a token from a running one.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use tokengate_testkit::idp::{DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider};
+
+const DEMO_CLIENT_ID: &str = "demo";
+const DEMO_CLIENT_SECRET: &str = "demo-secret";
+
+/// Test identity provider: OIDC discovery, JWKS and a client-credentials token endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate-idp", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+
+    /// A client allowed to use the token endpoint, as ID:SECRET (repeatable). Without any, the
+    /// client demo:demo-secret is registered.
+    #[arg(long = "client", value_name = "ID:SECRET")]
+    clients: Vec<String>,
+
+    /// Algorithm of tokens from the token endpoint.
+    #[arg(long, default_value = "RS256", value_parser = parse_alg)]
+    token_alg: Algorithm,
+
+    /// Act as Microsoft Entra ID with this home tenant id: tenant-scoped discovery, keys and
+    /// token endpoint under the provider's address, which is the authenticationEndpoint.
+    #[arg(long, value_name = "TENANT_ID")]
+    entra_tenant: Option<String>,
+
+    /// An API registered with the Entra personality, as APP_ID or APP_ID:VERSION where VERSION
+    /// is its accessTokenAcceptedVersion, 1 or 2 (default 2); App ID URI api://APP_ID
+    /// (repeatable).
+    #[arg(long = "entra-api", value_name = "APP_ID[:VERSION]", requires = "entra_tenant", value_parser = parse_entra_api)]
+    entra_apis: Vec<EntraApi>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Obtain an access token from a running provider (client-credentials grant) and print it.
+    Token {
+        /// Issuer URL of the running provider, as printed at its start.
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value = DEMO_CLIENT_ID)]
+        client_id: String,
+        #[arg(long, default_value = DEMO_CLIENT_SECRET)]
+        client_secret: String,
+        /// `<resource>/.default`; the token's audience is the resource.
+        #[arg(long, default_value_t = format!("{DEFAULT_AUDIENCE}/.default"))]
+        scope: String,
+    },
+}
+
+fn parse_entra_api(s: &str) -> Result<EntraApi, String> {
+    let (app_id, version) = match s.split_once(':') {
+        None => (s, EntraTokenVersion::V2),
+        Some((app_id, "2")) => (app_id, EntraTokenVersion::V2),
+        Some((app_id, "1")) => (app_id, EntraTokenVersion::V1),
+        Some((_, other)) => return Err(format!("version {other:?}: use 1 or 2")),
+    };
+    if app_id.is_empty() {
+        return Err("empty application id".to_owned());
+    }
+    Ok(EntraApi::new(app_id, version))
+}
+
+fn parse_alg(s: &str) -> Result<Algorithm, String> {
+    s.parse().map_err(|_| format!("unknown algorithm {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Token {
+            issuer,
+            client_id,
+            client_secret,
+            scope,
+        }) => {
+            let token = fetch_token(&issuer, &client_id, &client_secret, &scope).await?;
+            println!("{token}");
+            Ok(())
+        }
+        None => serve(&args).await,
+    }
+}
+
+async fn serve(args: &Args) -> anyhow::Result<()> {
+    let (listen, clients) = (args.listen, &args.clients);
+    let idp = match &args.entra_tenant {
+        Some(tenant) => IdentityProvider::start_entra_on(listen, tenant).await?,
+        None => IdentityProvider::start_on(listen).await?,
+    };
+    for api in &args.entra_apis {
+        idp.register_api(api.clone());
+    }
+    idp.set_token_algorithm(args.token_alg);
+    if clients.is_empty() {
+        idp.register_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
+    }
+    for client in clients {
+        let Some((id, secret)) = client.split_once(':') else {
+            bail!("--client {client:?}: expected ID:SECRET");
+        };
+        idp.register_client(id, secret);
+    }
+    // The issuer alone on stdout, so scripts can capture it.
+    println!("{}", idp.issuer());
+    eprintln!("discovery: {}", idp.discovery_url());
+    eprintln!("jwks:      {}", idp.jwks_url());
+    eprintln!("token:     {}", idp.token_url());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+async fn fetch_token(
+    issuer: &str,
+    client_id: &str,
+    client_secret: &str,
+    scope: &str,
+) -> anyhow::Result<String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let discovery_url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let discovery = send(&client, Request::get(&discovery_url).body(Full::default())?)
+        .await
+        .with_context(|| format!("fetching {discovery_url}"))?;
+    let Some(token_url) = discovery["token_endpoint"].as_str() else {
+        bail!("{discovery_url} has no token_endpoint");
+    };
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", client_id)
+        .append_pair("client_secret", client_secret)
+        .append_pair("scope", scope)
+        .finish();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(token_url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))?;
+    let answer = send(&client, request)
+        .await
+        .with_context(|| format!("requesting {token_url}"))?;
+    match answer["access_token"].as_str() {
+        Some(token) => Ok(token.to_owned()),
+        None => bail!("no access_token in {answer}"),
+    }
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<Value> {
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    serde_json::from_slice(&body).context("parsing JSON response")
+}
