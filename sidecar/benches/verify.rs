@@ -32,7 +32,7 @@ fn bench_verify(c: &mut Criterion) {
     let rsa = idp.current_key(KeyFamily::Rsa);
     let p256 = idp.current_key(KeyFamily::EcP256);
     let text = format!(
-        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-testkit\"]\n    requiredClaims: [{{name: sub}}]\n",
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-tests\"]\n    requiredClaims: [{{name: sub}}]\n",
         rsa.jwk,
         p256.jwk,
         idp.issuer()
