@@ -185,6 +185,23 @@ impl ControlPlane {
         }
     }
 
+    /// Kills one of the control plane's processes (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`) outright, to see how clients behave once it is gone. The
+    /// control plane does not recover: do this to one of a test's own ([`ControlPlane::start`]),
+    /// never to the shared one.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow!("process list lock poisoned"))?;
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| anyhow!("the control plane runs no process named {name}"))?;
+        process.kill();
+        Ok(())
+    }
+
     /// Fails with the log tail of any process that is no longer running.
     pub fn ensure_running(&self) -> Result<()> {
         let mut processes = self

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// Reads registrations from stdin until the test binary exits (EOF, however it died), then kills
 /// every registered process group and removes every registered directory. It runs in its own
@@ -184,6 +184,19 @@ impl Process {
                 self.log_tail(40)
             ),
         }
+    }
+
+    /// Sends SIGTERM to the process itself (not its group), as kubelet does to stop a
+    /// container; [`Process::wait_timeout`] then tells whether it ended in time.
+    pub fn terminate(&mut self) -> Result<()> {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| anyhow!("{} has no valid pid", self.name))?;
+        if self.try_wait()?.is_some() {
+            bail!("{} has already exited", self.name);
+        }
+        kill_process(pid, Signal::TERM).with_context(|| format!("sending SIGTERM to {}", self.name))
     }
 
     /// Kills the whole process group and reaps the process. Idempotent.
