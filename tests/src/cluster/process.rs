@@ -189,6 +189,16 @@ impl Process {
     /// Sends SIGTERM to the process itself (not its group), as kubelet does to stop a
     /// container; [`Process::wait_timeout`] then tells whether it ended in time.
     pub fn terminate(&mut self) -> Result<()> {
+        self.signal(Signal::TERM, "SIGTERM")
+    }
+
+    /// Suspends the process (SIGSTOP): it keeps its sockets, so connections to it are accepted
+    /// and never answered, like a server cut off by the network. [`Process::kill`] still ends it.
+    pub fn suspend(&mut self) -> Result<()> {
+        self.signal(Signal::STOP, "SIGSTOP")
+    }
+
+    fn signal(&mut self, signal: Signal, name: &str) -> Result<()> {
         let pid = i32::try_from(self.child.id())
             .ok()
             .and_then(Pid::from_raw)
@@ -196,7 +206,7 @@ impl Process {
         if self.try_wait()?.is_some() {
             bail!("{} has already exited", self.name);
         }
-        kill_process(pid, Signal::TERM).with_context(|| format!("sending SIGTERM to {}", self.name))
+        kill_process(pid, signal).with_context(|| format!("sending {name} to {}", self.name))
     }
 
     /// Kills the whole process group and reaps the process. Idempotent.
