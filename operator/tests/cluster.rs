@@ -336,6 +336,25 @@ async fn examples_render_into_the_bundle_and_follow_edits_and_deletion() {
         .collect();
     assert_eq!(ports, [json!(15080), json!(15081), json!(9090)]);
 
+    // What the operator wrote, deleted by hand, is put back.
+    Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+        .delete("tokengate-orders-api", &DeleteParams::default())
+        .await
+        .expect("delete the NetworkPolicy");
+    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .delete("tokengate-policies", &DeleteParams::default())
+        .await
+        .expect("delete the bundle");
+    wait_until(TIMEOUT, "the NetworkPolicy and the bundle back", || async {
+        let network_policy = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+            .get_opt("tokengate-orders-api")
+            .await?;
+        let bundle = config_map_data(&client, &namespace).await;
+        Ok(network_policy.is_some() && bundle.is_some_and(|d| d.contains_key("orders-api.yaml")))
+    })
+    .await
+    .expect("restored");
+
     // Edit: the bundle and observedGeneration follow.
     policies
         .patch(

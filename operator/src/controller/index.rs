@@ -8,12 +8,13 @@
 //! from the store before the reconcile that renders the bundle without it runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{
-    Container, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
+    ConfigMap, Container, Pod, PodSpec, PodStatus, Secret, Service, ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
@@ -228,6 +229,27 @@ fn remove_name(names: &mut Names, namespace: &str, name: &str) {
     }
 }
 
+/// Per namespace, how many of the objects the operator wrote there have been deleted by
+/// someone else. What the operator remembers having applied is trusted only while this count
+/// is what it was when it applied.
+#[derive(Debug, Default)]
+pub struct Deletions(Mutex<HashMap<String, u64>>);
+
+impl Deletions {
+    pub fn count(&self, namespace: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|counts| counts.get(namespace).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn record(&self, namespace: &str) {
+        if let Ok(mut counts) = self.0.lock() {
+            *counts.entry(namespace.to_string()).or_default() += 1;
+        }
+    }
+}
+
 /// Everything the reconciler reads, one store per kind.
 #[derive(Clone)]
 pub struct Index {
@@ -235,8 +257,13 @@ pub struct Index {
     pub pods: Indexed<Pod>,
     pub services: Indexed<Service>,
     /// Metadata only: which Secrets exist, and their resourceVersion. A referenced Secret's
-    /// data is read when its resourceVersion changes (see `SecretCache`).
+    /// data is read when its resourceVersion changes.
     pub secrets: Indexed<PartialObjectMeta<Secret>>,
+    /// Metadata only, the operator's own (by label): bundle ConfigMaps.
+    pub bundles: Indexed<PartialObjectMeta<ConfigMap>>,
+    /// Metadata only, the operator's own (by label): NetworkPolicies for private access.
+    pub network_policies: Indexed<PartialObjectMeta<NetworkPolicy>>,
+    pub deletions: Arc<Deletions>,
 }
 
 /// A namespace as the stores have it at one moment.
@@ -274,16 +301,28 @@ impl Index {
         let (pods, pods_writer) = IndexWriter::new();
         let (services, services_writer) = IndexWriter::new();
         let (secrets, secrets_writer) = IndexWriter::new();
+        let (bundles, bundles_writer) = IndexWriter::new();
+        let (network_policies, network_policies_writer) = IndexWriter::new();
         let index = Index {
             policies,
             pods,
             services,
             secrets,
+            bundles,
+            network_policies,
+            deletions: Arc::default(),
         };
+        let everything = watcher::Config::default();
+        let managed = watcher::Config::default().labels(&format!(
+            "{}={}",
+            render::MANAGED_BY_LABEL,
+            render::MANAGER
+        ));
 
         let reader = index.clone();
         tasks.spawn(reflect(
             Api::<TokenPolicy>::all(client.clone()),
+            everything.clone(),
             policies_writer,
             |policy| {
                 policy.managed_fields_mut().clear();
@@ -316,6 +355,7 @@ impl Index {
         let reader = index.clone();
         tasks.spawn(reflect(
             Api::<Pod>::all(client.clone()),
+            everything.clone(),
             pods_writer,
             |pod| *pod = pod_facts(std::mem::take(pod)),
             triggers.clone(),
@@ -337,6 +377,7 @@ impl Index {
         let reader = index.clone();
         tasks.spawn(reflect(
             Api::<Service>::all(client.clone()),
+            everything.clone(),
             services_writer,
             |service| *service = service_facts(std::mem::take(service)),
             triggers.clone(),
@@ -359,17 +400,80 @@ impl Index {
         let reader = index.clone();
         tasks.spawn(reflect(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            everything,
             secrets_writer,
-            |secret| secret.metadata = secret_facts(std::mem::take(&mut secret.metadata)),
+            |secret| secret.metadata = owned_facts(std::mem::take(&mut secret.metadata)),
             triggers.clone(),
             move |applied| {
                 changes(applied)
                     .iter()
                     .flat_map(|change| {
                         let namespace = change_namespace(change);
-                        triggers::for_secret(
+                        let policies = reader.policies.in_namespace(&namespace);
+                        let mut refs = triggers::for_secret(
                             change.old.as_deref(),
                             change.new.as_deref(),
+                            &policies,
+                        );
+                        // The bundle's own Secret, deleted by someone: render it again.
+                        let name = change.old.as_ref().and_then(|s| s.metadata.name.as_deref());
+                        if change.new.is_none() && name == Some(render::KEYS_SECRET) {
+                            reader.deletions.record(&namespace);
+                            refs.extend(triggers::for_bundle_deleted(&policies));
+                        }
+                        refs
+                    })
+                    .collect()
+            },
+        ));
+
+        let reader = index.clone();
+        tasks.spawn(reflect(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            managed.clone(),
+            bundles_writer,
+            |config_map| {
+                config_map.metadata = owned_facts(std::mem::take(&mut config_map.metadata));
+            },
+            triggers.clone(),
+            move |applied| {
+                changes(applied)
+                    .iter()
+                    .filter(|change| change.new.is_none())
+                    .flat_map(|change| {
+                        let namespace = change_namespace(change);
+                        reader.deletions.record(&namespace);
+                        triggers::for_bundle_deleted(&reader.policies.in_namespace(&namespace))
+                    })
+                    .collect()
+            },
+        ));
+
+        let reader = index.clone();
+        tasks.spawn(reflect(
+            Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()),
+            managed,
+            network_policies_writer,
+            |network_policy| {
+                network_policy.metadata = owned_facts(std::mem::take(&mut network_policy.metadata));
+            },
+            triggers.clone(),
+            move |applied| {
+                changes(applied)
+                    .iter()
+                    .flat_map(|change| {
+                        let namespace = change_namespace(change);
+                        if change.new.is_none() {
+                            reader.deletions.record(&namespace);
+                        }
+                        let name = change
+                            .new
+                            .as_ref()
+                            .or(change.old.as_ref())
+                            .and_then(|np| np.metadata.name.clone())
+                            .unwrap_or_default();
+                        triggers::for_network_policy(
+                            &name,
                             &reader.policies.in_namespace(&namespace),
                         )
                     })
@@ -385,6 +489,8 @@ impl Index {
         let _ = self.pods.store().wait_until_ready().await;
         let _ = self.services.store().wait_until_ready().await;
         let _ = self.secrets.store().wait_until_ready().await;
+        let _ = self.bundles.store().wait_until_ready().await;
+        let _ = self.network_policies.store().wait_until_ready().await;
     }
 
     /// The namespace as the stores have it now.
@@ -440,6 +546,7 @@ fn change_namespace<K: Resource>(change: &Change<K>) -> String {
 /// mapped to the policies to reconcile.
 async fn reflect<K>(
     api: Api<K>,
+    config: watcher::Config,
     mut writer: IndexWriter<K>,
     project: impl Fn(&mut K) + Send + 'static,
     triggers: UnboundedSender<ObjectRef<TokenPolicy>>,
@@ -454,7 +561,7 @@ async fn reflect<K>(
         + 'static,
 {
     let kind = K::kind(&()).into_owned();
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
@@ -537,9 +644,9 @@ pub fn service_facts(service: Service) -> Service {
     }
 }
 
-/// Name and resourceVersion: a Secret's annotations can hold its data (kubectl's
-/// last-applied-configuration), which has no business in this store.
-pub fn secret_facts(metadata: ObjectMeta) -> ObjectMeta {
+/// Name and resourceVersion. Nothing else: a Secret's annotations can hold its data (kubectl's
+/// last-applied-configuration), which has no business in a store.
+pub fn owned_facts(metadata: ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         name: metadata.name,
         namespace: metadata.namespace,

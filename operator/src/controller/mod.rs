@@ -73,23 +73,36 @@ impl Default for Timing {
     }
 }
 
-/// A server-side apply the operator made, so the same content is not applied again.
+/// A server-side apply the operator made, so the same content is not applied again while it
+/// is known to be there.
 struct Written {
     fingerprint: u64,
     at: Instant,
+    /// [`index::Deletions::count`] of the namespace, read before the apply.
+    deletions: u64,
 }
 
 impl Written {
-    fn now(fingerprint: u64) -> Self {
+    fn new(fingerprint: u64, deletions: u64) -> Self {
         Self {
             fingerprint,
             at: Instant::now(),
+            deletions,
         }
     }
 
-    /// Whether `fingerprint` was applied within `resync`.
-    fn covers(written: Option<&Written>, fingerprint: u64, resync: Duration) -> bool {
-        written.is_some_and(|w| w.fingerprint == fingerprint && w.at.elapsed() < resync)
+    /// Whether `fingerprint` was applied within `resync` and, as far as the watches tell,
+    /// nothing the operator wrote in the namespace has been deleted since (a deletion seen at
+    /// any point after the count was read makes the operator apply again).
+    fn covers(
+        written: Option<&Written>,
+        fingerprint: u64,
+        resync: Duration,
+        deletions: u64,
+    ) -> bool {
+        written.is_some_and(|w| {
+            w.fingerprint == fingerprint && w.deletions == deletions && w.at.elapsed() < resync
+        })
     }
 }
 
@@ -391,6 +404,7 @@ async fn render_bundle(
         *written = None;
         return Ok((facts, BTreeMap::new()));
     }
+    let deletions = ctx.index.deletions.count(namespace);
     let ordered = facts.ordered();
     let secrets = ctx.referenced_secrets(namespace, &ordered).await?;
     let bundle = render::bundle(namespace, &ordered, &secrets).map_err(|source| Error::Render {
@@ -400,7 +414,7 @@ async fn render_bundle(
     let config_map = with_type_meta(&bundle.config_map, "v1", "ConfigMap")?;
     let secret = with_type_meta(&bundle.secret, "v1", "Secret")?;
     let rendered = fingerprint(&[&config_map, &secret]);
-    if !Written::covers(written.as_ref(), rendered, ctx.timing.resync) {
+    if !Written::covers(written.as_ref(), rendered, ctx.timing.resync, deletions) {
         let apply = PatchParams::apply(MANAGER).force();
         Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
             .patch(
@@ -420,7 +434,7 @@ async fn render_bundle(
                 "applying Secret {namespace}/{}",
                 render::KEYS_SECRET
             )))?;
-        *written = Some(Written::now(rendered));
+        *written = Some(Written::new(rendered, deletions));
     }
     Ok((facts, bundle.secret_problems))
 }
@@ -434,11 +448,14 @@ async fn apply_network_policy(ctx: &Context, policy: &TokenPolicy) -> Result<()>
         .transpose()?;
     let wanted = fingerprint(&[rendered.as_ref().unwrap_or(&Value::Null)]);
     let key = (namespace.clone(), name.clone());
-    let current = ctx
-        .network_policies
-        .lock()
-        .is_ok_and(|written| Written::covers(written.get(&key), wanted, ctx.timing.resync));
-    if current {
+    let deletions = ctx.index.deletions.count(&namespace);
+    let current = ctx.network_policies.lock().is_ok_and(|written| {
+        Written::covers(written.get(&key), wanted, ctx.timing.resync, deletions)
+    });
+    // None wanted and none there: nothing to delete. (One created a moment ago and not in the
+    // store yet is deleted when its watch event reconciles this policy again.)
+    let absent = rendered.is_none() && ctx.index.network_policies.get(&namespace, &name).is_none();
+    if current || absent {
         return Ok(());
     }
     let api = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &namespace);
@@ -465,7 +482,7 @@ async fn apply_network_policy(ctx: &Context, policy: &TokenPolicy) -> Result<()>
         },
     }
     if let Ok(mut written) = ctx.network_policies.lock() {
-        written.insert(key, Written::now(wanted));
+        written.insert(key, Written::new(wanted, deletions));
     }
     Ok(())
 }

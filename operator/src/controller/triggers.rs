@@ -167,6 +167,31 @@ pub fn for_secret(
     )
 }
 
+/// The namespace's bundle (ConfigMap or Secret) was deleted by someone: the oldest policy
+/// renders it again. None when no policy is left (the garbage collector's deletion).
+pub fn for_bundle_deleted(policies: &[Arc<TokenPolicy>]) -> Refs {
+    let remaining = policies
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| !is_deleting(p));
+    render::oldest_first(remaining)
+        .first()
+        .map(|oldest| ObjectRef::from(*oldest))
+        .into_iter()
+        .collect()
+}
+
+/// A NetworkPolicy of the operator's changed or was deleted: the policy it belongs to, which
+/// applies it again or deletes it, as its spec says.
+pub fn for_network_policy(name: &str, policies: &[Arc<TokenPolicy>]) -> Refs {
+    policies
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| !is_deleting(p) && render::network_policy_name(p) == name)
+        .map(ObjectRef::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +362,15 @@ mod tests {
         );
         // The last policy of a namespace: nobody (the bundle goes with its last owner).
         assert!(for_policy(Some(&p5), None, &[], &pods).is_empty());
+    }
+
+    #[test]
+    fn the_operators_own_objects_deleted_by_someone_are_put_back_by_one_policy() {
+        let (policies, _) = namespace();
+        assert_eq!(names(for_bundle_deleted(&policies)), ["shared"]);
+        assert!(for_bundle_deleted(&[]).is_empty());
+        assert_eq!(names(for_network_policy("tokengate-p7", &policies)), ["p7"]);
+        assert!(for_network_policy("tokengate-gone", &policies).is_empty());
     }
 
     #[test]
