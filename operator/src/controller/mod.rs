@@ -167,7 +167,15 @@ impl Context {
     fn prune(&self) {
         let namespaces = self.index.policies.namespaces();
         if let Ok(mut bundles) = self.bundles.lock() {
-            bundles.retain(|namespace, _| namespaces.contains(namespace));
+            bundles.retain(|namespace, slot| {
+                // A slot some reconcile still holds stays, so bundle writes stay ordered.
+                let keep = namespaces.contains(namespace) || Arc::strong_count(slot) > 1;
+                if !keep {
+                    // The namespace's last policy is gone, and with it its gauge.
+                    let _ = self.metrics.policies.remove_label_values(&[namespace]);
+                }
+                keep
+            });
         }
         if let Ok(mut written) = self.network_policies.lock() {
             written.retain(|(namespace, name), _| {
