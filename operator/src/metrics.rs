@@ -7,7 +7,8 @@ use tokengate_keys::KeyMetrics;
 
 pub struct Metrics {
     registry: Registry,
-    /// `result`: `success` or `error`.
+    /// `result`: `success`, or the failure's [`crate::error::Error::metric_label`]
+    /// (`api_error`, `render_error`, `encode_error`, `timeout`).
     pub reconcile: IntCounterVec,
     pub reconcile_duration: Histogram,
     /// TokenPolicies per namespace.
