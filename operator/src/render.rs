@@ -80,7 +80,7 @@ pub fn policy_document(policy: &TokenPolicy) -> Result<String> {
         },
         spec: policy.spec.clone(),
     };
-    serde_yaml::to_string(&document)
+    serde_saphyr::to_string(&document)
         .with_context(|| format!("writing TokenPolicy {} as YAML", policy.name_any()))
 }
 

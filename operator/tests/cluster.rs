@@ -1,6 +1,6 @@
 //! The operator against a real kube-apiserver and kube-controller-manager (the local control
-//! plane of the tests crate), running as its ServiceAccount with exactly the RBAC of
-//! `operator/deploy/rbac.yaml`.
+//! plane of the tests crate), running as its ServiceAccount with exactly the RBAC the Helm chart
+//! grants (`operator/deploy/rbac.yaml`, rendered from `charts/tokengate`).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -54,7 +54,7 @@ where
 /// Installs the CRD and the operator's RBAC, and starts one operator for the whole test binary.
 async fn install(cp: &'static ControlPlane, client: &Client) -> Result<Operator, String> {
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
+        serde_saphyr::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
             .map_err(|e| format!("CRD file: {e}"))?;
     apply_crd(client, &crd)
         .await
@@ -64,48 +64,29 @@ async fn install(cp: &'static ControlPlane, client: &Client) -> Result<Operator,
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}),
     );
     apply(&Api::all(client.clone()), SYSTEM_NAMESPACE, &namespace).await?;
-    let account: ServiceAccount = from_json(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tokengate-operator"},
-    }));
-    apply(
-        &Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
-        "tokengate-operator",
-        &account,
-    )
-    .await?;
-
-    let subjects = json!([{"kind": "ServiceAccount", "name": "tokengate-operator", "namespace": SYSTEM_NAMESPACE}]);
-    for document in serde_yaml::Deserializer::from_str(include_str!("../deploy/rbac.yaml")) {
-        let value: Value =
-            serde::Deserialize::deserialize(document).map_err(|e| format!("rbac.yaml: {e}"))?;
-        let binding = |kind: &str, name: &str| {
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": format!("{kind}Binding"),
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
-                "subjects": subjects,
-            })
-        };
+    // The chart's ServiceAccount and RBAC, rendered for release `tokengate` in tokengate-system.
+    let documents: Vec<Value> = serde_saphyr::from_multiple(include_str!("../deploy/rbac.yaml"))
+        .map_err(|e| format!("rbac.yaml: {e}"))?;
+    for value in documents {
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let namespaced = || Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
         match value["kind"].as_str() {
-            Some("ClusterRole") => {
-                let role: ClusterRole = from_json(value);
-                let name = role.name_any();
-                apply(&Api::all(client.clone()), &name, &role).await?;
-                let bound: ClusterRoleBinding = from_json(binding("ClusterRole", &name));
-                apply(&Api::all(client.clone()), &name, &bound).await?;
+            Some("ServiceAccount") => {
+                apply::<ServiceAccount>(&namespaced(), &name, &from_json(value)).await?;
             }
-            Some("Role") => {
-                let role: Role = from_json(value);
-                let name = role.name_any();
-                let roles = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-                apply(&roles, &name, &role).await?;
-                let bound: RoleBinding = from_json(binding("Role", &name));
-                apply(
-                    &Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
-                    &name,
-                    &bound,
-                )
-                .await?;
+            Some("ClusterRole") => {
+                apply::<ClusterRole>(&Api::all(client.clone()), &name, &from_json(value)).await?;
+            }
+            Some("ClusterRoleBinding") => {
+                let binding: ClusterRoleBinding = from_json(value);
+                apply(&Api::all(client.clone()), &name, &binding).await?;
+            }
+            Some("Role") => apply::<Role>(&namespaced(), &name, &from_json(value)).await?,
+            Some("RoleBinding") => {
+                apply::<RoleBinding>(&namespaced(), &name, &from_json(value)).await?;
             }
             other => return Err(format!("unexpected kind {other:?} in rbac.yaml")),
         }
@@ -233,7 +214,7 @@ fn example(path: &str, namespace: &str) -> TokenPolicy {
     let file = format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(file).expect("example");
     let mut policy: TokenPolicy =
-        serde_yaml::from_str(&text).expect("example parses as a TokenPolicy");
+        serde_saphyr::from_str(&text).expect("example parses as a TokenPolicy");
     policy.metadata.namespace = Some(namespace.to_string());
     policy
 }
@@ -472,12 +453,12 @@ async fn cel_rules_reject_each_invalid_shape_with_its_message() {
             "two-key-forms",
             json!({"selector": selector, "validateJwt": {"issuerSigningKeys": [
                 {"id": "k", "value": "c2VjcmV0", "pem": "-----BEGIN PUBLIC KEY-----"}]}}),
-            "exactly one of jwk, pem, n (with e), value, file or secretRef",
+            "exactly one of jwk, pem, modulus (with exponent), value, file or secretRef",
         ),
         (
             "half-an-rsa-key",
             json!({"selector": selector, "validateJwt": {"issuerSigningKeys": [
-                {"id": "k", "n": "AQAB"}]}}),
+                {"id": "k", "modulus": "AQAB"}]}}),
             "needs both",
         ),
     ];
@@ -1219,7 +1200,7 @@ async fn sigterm_ends_the_operator_without_the_api_server(
         .expect("a control plane of this test's own");
     let client = cp.client().await.expect("admin client");
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
+        serde_saphyr::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
             .expect("CRD file");
     apply_crd(&client, &crd).await.expect("CRD");
     let namespace = cp.namespace(&client, "sigterm").await.expect("namespace");

@@ -599,7 +599,7 @@ impl Compiler<'_> {
         let forms = [
             key.jwk.is_some(),
             key.pem.is_some(),
-            key.n.is_some() || key.e.is_some(),
+            key.modulus.is_some() || key.exponent.is_some(),
             key.value.is_some(),
             key.file.is_some(),
             key.secret_ref.is_some(),
@@ -608,7 +608,7 @@ impl Compiler<'_> {
         if count != 1 {
             self.error(
                 field,
-                "give exactly one of jwk, pem, n+e, value, file or secretRef",
+                "give exactly one of jwk, pem, modulus+exponent, value, file or secretRef",
             );
             return None;
         }
@@ -622,11 +622,11 @@ impl Compiler<'_> {
             })
         } else if let Some(pem) = &key.pem {
             VerificationKey::from_pem(kid, pem)
-        } else if key.n.is_some() || key.e.is_some() {
-            match (&key.n, &key.e) {
+        } else if key.modulus.is_some() || key.exponent.is_some() {
+            match (&key.modulus, &key.exponent) {
                 (Some(n), Some(e)) => VerificationKey::from_rsa_components(kid, n, e),
                 _ => {
-                    self.error(field, "an RSA key needs both n and e");
+                    self.error(field, "an RSA key needs both modulus and exponent");
                     return None;
                 }
             }
@@ -865,7 +865,7 @@ mod tests {
             "{joined}"
         );
         assert!(
-            joined.contains("issuerSigningKeys[1]: an RSA key needs both n and e"),
+            joined.contains("issuerSigningKeys[1]: an RSA key needs both modulus and exponent"),
             "{joined}"
         );
         assert!(

@@ -41,6 +41,8 @@ pub struct DocumentMeta {
 /// Why a manifest could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
+    #[error("not YAML: {message}")]
+    Stream { message: String },
     #[error("document {index}: not YAML a TokenPolicy can be read from: {message}")]
     Syntax { index: usize, message: String },
     #[error(
@@ -60,23 +62,23 @@ pub enum DocumentError {
 /// Every TokenPolicy in a YAML (or JSON) stream; `---` separates documents and empty documents
 /// are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<TokenPolicyDocument>, DocumentError> {
-    let mut docs = Vec::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let index = index + 1;
-        let value = serde_yaml::Value::deserialize(de).map_err(|err| DocumentError::Syntax {
-            index,
+    let values: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|err| DocumentError::Stream {
             message: err.to_string(),
         })?;
+    let mut docs = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        let index = index + 1;
         if value.is_null() {
             continue;
         }
         let api_version = value
             .get("apiVersion")
-            .and_then(serde_yaml::Value::as_str)
+            .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
         let kind = value
             .get("kind")
-            .and_then(serde_yaml::Value::as_str)
+            .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
         if api_version != API_VERSION || kind != KIND {
             return Err(DocumentError::WrongKind {
@@ -86,7 +88,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<TokenPolicyDocument>, DocumentE
             });
         }
         let doc: TokenPolicyDocument =
-            serde_yaml::from_value(value).map_err(|err| DocumentError::Syntax {
+            serde_json::from_value(value).map_err(|err| DocumentError::Syntax {
                 index,
                 message: err.to_string(),
             })?;

@@ -283,13 +283,16 @@ pub struct SigningKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pem: Option<String>,
 
-    /// RSA modulus, base64url (APIM `n`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<String>,
+    /// RSA modulus, base64url (APIM and JWK `n`). Named in full because YAML 1.1 readers
+    /// (kubectl, helm) read an unquoted `n` key as the boolean false; `n` is still accepted
+    /// in policy files and JSON.
+    #[serde(default, alias = "n", skip_serializing_if = "Option::is_none")]
+    pub modulus: Option<String>,
 
-    /// RSA public exponent, base64url (APIM `e`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e: Option<String>,
+    /// RSA public exponent, base64url (APIM and JWK `e`); `e` is still accepted in policy
+    /// files and JSON.
+    #[serde(default, alias = "e", skip_serializing_if = "Option::is_none")]
+    pub exponent: Option<String>,
 
     /// Symmetric (HMAC) key, base64. Prefer `secretRef` in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]

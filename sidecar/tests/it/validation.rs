@@ -113,6 +113,16 @@ async fn every_key_form_verifies() {
             Algorithm::PS256,
         ),
         (
+            "modulus+exponent",
+            format!(
+                "{{id: \"{}\", modulus: {}, exponent: {}}}",
+                rsa.kid,
+                rsa.rsa_n.clone().expect("n"),
+                rsa.rsa_e.clone().expect("e")
+            ),
+            Algorithm::RS256,
+        ),
+        (
             "value",
             format!("{{value: \"{}\"}}", idp.hmac_secret_base64()),
             Algorithm::HS256,

@@ -34,12 +34,24 @@ pub struct Output {
 impl Tool {
     /// kubectl, talking to the cluster of `kubeconfig`.
     pub fn kubectl(kubeconfig: &Path, home: &Path) -> Result<Self> {
-        Self::find("kubectl", KUBECTL_BIN_ENV, "--print-kubectl-bin-dir", kubeconfig, home)
+        Self::find(
+            "kubectl",
+            KUBECTL_BIN_ENV,
+            "--print-kubectl-bin-dir",
+            kubeconfig,
+            home,
+        )
     }
 
     /// helm, talking to the cluster of `kubeconfig`.
     pub fn helm(kubeconfig: &Path, home: &Path) -> Result<Self> {
-        Self::find("helm", HELM_BIN_ENV, "--print-helm-bin-dir", kubeconfig, home)
+        Self::find(
+            "helm",
+            HELM_BIN_ENV,
+            "--print-helm-bin-dir",
+            kubeconfig,
+            home,
+        )
     }
 
     fn find(name: &str, env: &str, flag: &str, kubeconfig: &Path, home: &Path) -> Result<Self> {
@@ -74,7 +86,11 @@ impl Tool {
             .lines()
             .find(|line| line.to_ascii_lowercase().contains("warning"))
         {
-            bail!("{} printed a warning: {line}\n{}", self.name(), output.stderr);
+            bail!(
+                "{} printed a warning: {line}\n{}",
+                self.name(),
+                output.stderr
+            );
         }
         Ok(output)
     }

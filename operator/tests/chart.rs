@@ -1,0 +1,825 @@
+//! What users apply, applied with the tools users use. helm lints and renders the chart under
+//! every option set; the real kubectl applies the CRD, every file under `examples/` and every
+//! object the chart renders to a real kube-apiserver (server-side apply and `--dry-run=server`)
+//! and any warning it prints fails the test; kubectl's YAML 1.1 reading of what we generate must
+//! equal ours. Then `helm install` into the local control plane, the operator running as the
+//! chart's ServiceAccount with the chart's RBAC, an RSA TokenPolicy written as a person writes
+//! it, enforced by the real sidecar, `helm upgrade` and `helm uninstall` without orphans.
+//!
+//! kubectl and helm come from `make kubectl helm` (`TOKENGATE_KUBECTL_BIN`, `TOKENGATE_HELM_BIN`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokengate_policy::TokenPolicy;
+use tokengate_testkit::cluster::tools::Tool;
+use tokengate_testkit::cluster::{ControlPlane, free_port, wait_until};
+use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_tokengate-operator");
+const TIMEOUT: Duration = Duration::from_secs(60);
+const RELEASE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// The option sets every rendering test covers: name and helm arguments.
+const OPTION_SETS: &[(&str, &[&str])] = &[
+    ("default", &[]),
+    ("every-option", &["--values", "ci/all-features-values.yaml"]),
+    (
+        "minimal",
+        &[
+            "--set",
+            "webhook.enabled=false,metrics.service=false,operator.replicas=1,operator.leaderElect=false",
+        ],
+    ),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the operator crate sits in the workspace")
+        .to_owned()
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/tokengate")
+}
+
+/// kubectl and helm for the shared control plane, with a home of their own.
+struct Tools {
+    kubectl: Tool,
+    helm: Tool,
+    dir: PathBuf,
+}
+
+static CLUSTER_TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+
+async fn cluster() -> (&'static ControlPlane, Client, &'static Tools) {
+    let cp = ControlPlane::shared().await.expect("control plane");
+    let client = cp.client().await.expect("admin client");
+    let tools = CLUSTER_TOOLS
+        .get_or_init(|| {
+            let dir = cp.dir().join("tools");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let kubeconfig = cp.admin_kubeconfig();
+            Ok(Tools {
+                kubectl: Tool::kubectl(kubeconfig, &dir).map_err(|e| format!("{e:#}"))?,
+                helm: Tool::helm(kubeconfig, &dir).map_err(|e| format!("{e:#}"))?,
+                dir,
+            })
+        })
+        .as_ref()
+        .expect("kubectl and helm");
+    (cp, client, tools)
+}
+
+/// `helm template` of the chart as release `release` in `namespace`, CRDs included.
+fn render(helm: &Tool, release: &str, namespace: &str, args: &[&str]) -> String {
+    render_with(helm, release, namespace, args, true)
+}
+
+fn render_with(
+    helm: &Tool,
+    release: &str,
+    namespace: &str,
+    args: &[&str],
+    include_crds: bool,
+) -> String {
+    let chart = chart();
+    let mut command = vec![
+        "template",
+        release,
+        chart.to_str().expect("UTF-8 path"),
+        "--namespace",
+        namespace,
+    ];
+    if include_crds {
+        command.push("--include-crds");
+    }
+    let values: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("ci/") {
+                chart.join(a).display().to_string()
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    command.extend(values.iter().map(String::as_str));
+    helm.run(&command).expect("helm template").stdout
+}
+
+/// The documents of a YAML stream as JSON values (empty documents skipped), numbers normalised.
+fn documents(text: &str) -> Vec<Value> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text).expect("YAML documents");
+    documents
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .map(whole_numbers_as_integers)
+        .collect()
+}
+
+/// 400.0 and 400 are one number to an API server (JSON has no integer type); Rust's JSON values
+/// tell them apart, so comparisons see whole numbers as integers.
+fn whole_numbers_as_integers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                // Exact: a whole number below 2^53.
+                #[allow(clippy::cast_possible_truncation)]
+                json!(f as i64)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(whole_numbers_as_integers).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, whole_numbers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn kind_and_name(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["kind"].as_str().unwrap_or("?"),
+        object["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+#[test]
+fn chart_lints_and_renders_under_every_option_set() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let helm = Tool::helm(&home.path().join("no-kubeconfig"), home.path()).expect("helm");
+    let chart = chart();
+    let mut figures = Vec::new();
+    for (name, args) in OPTION_SETS {
+        let mut lint = vec!["lint", "--strict", chart.to_str().expect("UTF-8 path")];
+        let with_paths: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("ci/") {
+                    chart.join(a).display().to_string()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
+        lint.extend(with_paths.iter().map(String::as_str));
+        let linted = helm.run(&lint).expect("helm lint");
+        assert!(
+            !linted.stdout.contains("[WARNING]") && !linted.stdout.contains("[ERROR]"),
+            "{name}: {}",
+            linted.stdout
+        );
+
+        let objects = documents(&render(&helm, "tokengate", "tokengate-system", args));
+        let kinds: BTreeMap<String, usize> =
+            objects.iter().fold(BTreeMap::new(), |mut kinds, object| {
+                *kinds
+                    .entry(object["kind"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+                kinds
+            });
+        figures.push(format!("{name}: {} objects {kinds:?}", objects.len()));
+        let names: BTreeSet<String> = objects.iter().map(kind_and_name).collect();
+        assert_eq!(names.len(), objects.len(), "{name}: duplicate objects");
+        for object in &objects {
+            let labels = &object["metadata"]["labels"];
+            if object["kind"] != "CustomResourceDefinition" {
+                assert_eq!(
+                    labels[RELEASE_LABEL],
+                    "tokengate",
+                    "{}",
+                    kind_and_name(object)
+                );
+            }
+        }
+        let expect = |kind: &str, present: bool| {
+            assert_eq!(
+                kinds.contains_key(kind),
+                present,
+                "{name}: {kind} {kinds:?}"
+            );
+        };
+        expect("CustomResourceDefinition", true);
+        expect("Deployment", true);
+        expect("ClusterRole", true);
+        expect("ServiceAccount", true);
+        match *name {
+            "default" => {
+                expect("MutatingWebhookConfiguration", true);
+                expect("ValidatingWebhookConfiguration", true);
+                expect("PodDisruptionBudget", true);
+                expect("Lease", true);
+                expect("ServiceMonitor", false);
+                expect("Certificate", false);
+                assert_eq!(kinds.get("Service"), Some(&2), "webhook and metrics");
+            }
+            "every-option" => {
+                for kind in [
+                    "ServiceMonitor",
+                    "PodMonitor",
+                    "Certificate",
+                    "Issuer",
+                    "ConfigMap",
+                ] {
+                    expect(kind, true);
+                }
+            }
+            _ => {
+                expect("MutatingWebhookConfiguration", false);
+                expect("PodDisruptionBudget", false);
+                expect("Service", false);
+                expect("Lease", false);
+            }
+        }
+        if *name == "default" {
+            for object in objects
+                .iter()
+                .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+            {
+                for rule in object["rules"].as_array().into_iter().flatten() {
+                    figures.push(format!(
+                        "  {} {}: {} {}",
+                        object["kind"].as_str().unwrap_or("?"),
+                        rule["resources"],
+                        rule["verbs"],
+                        rule.get("resourceNames")
+                            .map(Value::to_string)
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("rendered objects per option set:\n{}", figures.join("\n"));
+}
+
+/// `operator/deploy/rbac.yaml` is the chart's ServiceAccount and RBAC, rendered for release
+/// `tokengate` in `tokengate-system`; the operator's cluster tests run with it.
+#[test]
+fn deploy_rbac_is_what_the_chart_grants() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let helm = Tool::helm(&home.path().join("no-kubeconfig"), home.path()).expect("helm");
+    let chart = chart();
+    let rendered = helm
+        .run([
+            "template",
+            "tokengate",
+            chart.to_str().expect("UTF-8 path"),
+            "--namespace",
+            "tokengate-system",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .expect("helm template")
+        .stdout;
+    let committed = std::fs::read_to_string(repo().join("operator/deploy/rbac.yaml"))
+        .expect("operator/deploy/rbac.yaml");
+    let body = committed
+        .split_once("\n---\n")
+        .map(|(_, body)| format!("---\n{body}"))
+        .unwrap_or_default();
+    assert!(
+        body == rendered,
+        "operator/deploy/rbac.yaml is stale: run `scripts/generate-rbac.sh`"
+    );
+}
+
+/// Namespaces named by the documents of `text`, created if missing.
+async fn ensure_namespaces(kubectl: &Tool, text: &str) {
+    let names: BTreeSet<String> = documents(text)
+        .iter()
+        .filter_map(|d| d["metadata"]["namespace"].as_str().map(str::to_owned))
+        .collect();
+    for name in names {
+        let manifest = serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        }))
+        .expect("json");
+        apply_text(kubectl, &manifest, &["--server-side"]).await;
+    }
+}
+
+/// `kubectl apply -f -` of `text` with `flags`; fails on any warning.
+async fn apply_text(kubectl: &Tool, text: &str, flags: &[&str]) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write manifest");
+    apply_file(kubectl, file.path(), flags)
+}
+
+fn apply_file(kubectl: &Tool, path: &Path, flags: &[&str]) -> String {
+    let mut args = vec!["apply", "--field-manager=tokengate-tests"];
+    args.extend_from_slice(flags);
+    if flags.contains(&"--server-side") {
+        args.push("--force-conflicts");
+    }
+    let path = path.to_str().expect("UTF-8 path");
+    args.extend(["-f", path]);
+    kubectl
+        .run(&args)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .stdout
+}
+
+/// The objects of a manifest as kubectl reads it (YAML 1.1, sigs.k8s.io/yaml), without the
+/// server: `kubectl create --dry-run=client -o json`.
+fn as_kubectl_reads_it(kubectl: &Tool, path: &Path) -> Vec<Value> {
+    let out = kubectl
+        .run([
+            "create",
+            "--dry-run=client",
+            "--validate=false",
+            "-o",
+            "json",
+            "-f",
+            path.to_str().expect("UTF-8 path"),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .stdout;
+    let mut objects = Vec::new();
+    for value in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+        let value = whole_numbers_as_integers(value.expect("kubectl prints JSON"));
+        if value["kind"] == "List" {
+            objects.extend(value["items"].as_array().cloned().unwrap_or_default());
+        } else {
+            objects.push(value);
+        }
+    }
+    objects
+}
+
+async fn install_foreign_crds(kubectl: &Tool) {
+    for file in ["monitoring.coreos.com.yaml", "cert-manager.io.yaml"] {
+        apply_file(
+            kubectl,
+            &repo().join("testkit/crds").join(file),
+            &["--server-side"],
+        );
+    }
+    kubectl
+        .run([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/issuers.cert-manager.io",
+            "crd/certificates.cert-manager.io",
+            "crd/tokenpolicies.tokengate.dev",
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[tokio::test]
+async fn kubectl_applies_the_crd_examples_and_every_rendered_object_without_warnings() {
+    let (_, _, tools) = cluster().await;
+    let kubectl = &tools.kubectl;
+    let crd_file = repo().join("crds/tokengate.dev_tokenpolicies.yaml");
+    apply_file(kubectl, &crd_file, &["--dry-run=server", "--server-side"]);
+    apply_file(kubectl, &crd_file, &["--server-side"]);
+    install_foreign_crds(kubectl).await;
+
+    // What kubectl reads from the generated CRD is the CRD we generate.
+    let read = as_kubectl_reads_it(kubectl, &crd_file);
+    let generated = whole_numbers_as_integers(
+        serde_json::to_value(tokengate_operator::crd::crd().expect("crd")).expect("json"),
+    );
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        read[0]["spec"], generated["spec"],
+        "a YAML 1.1 reader sees another CRD"
+    );
+
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty());
+    for example in &examples {
+        let text = std::fs::read_to_string(example).expect("example");
+        ensure_namespaces(kubectl, &text).await;
+        // kubectl (YAML 1.1) and the policy crate (YAML 1.2) read the same objects.
+        let ours = documents(&text);
+        let theirs = as_kubectl_reads_it(kubectl, example);
+        assert_eq!(
+            theirs,
+            ours,
+            "{} reads differently under YAML 1.1",
+            example.display()
+        );
+        // Client-side apply first, while the objects are new (kubectl warns when it meets an
+        // object that server-side apply created), then server-side apply.
+        apply_file(kubectl, example, &["--dry-run=server"]);
+        apply_file(kubectl, example, &["--dry-run=server", "--server-side"]);
+        apply_file(kubectl, example, &["--server-side"]);
+    }
+
+    for (name, args) in OPTION_SETS {
+        let namespace = format!("render-{name}");
+        let rendered = render(&tools.helm, "tokengate", &namespace, args);
+        ensure_namespaces(kubectl, &rendered).await;
+        let file = tools.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, &rendered).expect("write rendered chart");
+        // Everything the chart renders is read by kubectl as helm and we read it.
+        assert_eq!(
+            as_kubectl_reads_it(kubectl, &file),
+            documents(&rendered),
+            "{name}"
+        );
+        apply_file(kubectl, &file, &["--dry-run=server", "--server-side"]);
+        // Client-side apply too, without the CRD server-side apply has already created.
+        let without_crds = render_with(&tools.helm, "tokengate", &namespace, args, false);
+        std::fs::write(&file, &without_crds).expect("write rendered chart");
+        apply_file(kubectl, &file, &["--dry-run=server"]);
+    }
+}
+
+/// An RSA key as a person writes it: block YAML, plain scalars, the key's modulus and exponent
+/// as they come out of a JWKS.
+fn rsa_policy_yaml(namespace: &str, idp: &IdentityProvider) -> String {
+    let rsa = idp.current_key(KeyFamily::Rsa);
+    format!(
+        "apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: orders
+  namespace: {namespace}
+spec:
+  selector:
+    matchLabels:
+      app: orders
+  validateJwt:
+    issuerSigningKeys:
+      - id: {kid}
+        modulus: {n}
+        exponent: {e}
+    audiences:
+      - {audience}
+    issuers:
+      - {issuer}
+",
+        kid = rsa.kid,
+        n = rsa.rsa_n.expect("RSA modulus"),
+        e = rsa.rsa_e.expect("RSA exponent"),
+        audience = tokengate_testkit::idp::DEFAULT_AUDIENCE,
+        issuer = idp.issuer(),
+    )
+}
+
+#[tokio::test]
+async fn an_rsa_key_written_as_n_and_e_in_yaml_is_refused_with_the_field_kubectl_saw() {
+    let (cp, client, tools) = cluster().await;
+    apply_file(
+        &tools.kubectl,
+        &repo().join("crds/tokengate.dev_tokenpolicies.yaml"),
+        &["--server-side"],
+    );
+    let namespace = cp.namespace(&client, "yaml11").await.expect("namespace");
+    let idp = IdentityProvider::start().await.expect("identity provider");
+    let text = rsa_policy_yaml(&namespace, &idp)
+        .replace("modulus:", "n:")
+        .replace("exponent:", "e:");
+    let file = tools.dir.join("n-and-e.yaml");
+    std::fs::write(&file, text).expect("write");
+    let refused = tools
+        .kubectl
+        .run([
+            "apply",
+            "--dry-run=server",
+            "-f",
+            file.to_str().expect("UTF-8"),
+        ])
+        .expect_err("YAML 1.1 reads n as false");
+    let message = format!("{refused:#}");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+async fn wait_ready(client: &Client, namespace: &str, name: &str) {
+    let policies = Api::<TokenPolicy>::namespaced(client.clone(), namespace);
+    let last = std::sync::Mutex::new(String::new());
+    let outcome = wait_until(TIMEOUT, &format!("{name} Ready"), || async {
+        let policy = policies.get(name).await?;
+        let ready = policy.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status.clone(), c.message.clone()))
+        });
+        if let Ok(mut last) = last.lock() {
+            *last = format!("{ready:?}");
+        }
+        Ok(ready.is_some_and(|(status, _)| status == "True"))
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "{outcome:?}; last Ready: {:?}",
+        last.lock().map(|l| l.clone())
+    );
+}
+
+/// Names (kind/name) of the objects carrying the release's label, namespaced and cluster-wide.
+fn release_objects(kubectl: &Tool, namespace: &str, release: &str) -> Vec<String> {
+    let selector = format!("{RELEASE_LABEL}={release}");
+    let mut found = Vec::new();
+    for (scope, kinds) in [
+        (
+            Some(namespace),
+            "deployments,replicasets,services,configmaps,secrets,serviceaccounts,roles,\
+             rolebindings,poddisruptionbudgets,leases",
+        ),
+        (
+            None,
+            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,\
+             validatingwebhookconfigurations",
+        ),
+    ] {
+        let mut args = vec!["get", kinds, "-l", &selector, "-o", "name"];
+        if let Some(namespace) = scope {
+            args.extend(["-n", namespace]);
+        }
+        let out = kubectl.run(&args).unwrap_or_else(|e| panic!("{e:#}"));
+        found.extend(out.stdout.lines().map(str::to_owned));
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn helm_installs_runs_upgrades_and_uninstalls_without_orphans() {
+    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use tokengate_testkit::echo::EchoServer;
+    let (cp, client, tools) = cluster().await;
+    let (helm, kubectl) = (&tools.helm, &tools.kubectl);
+    let (release, namespace) = ("tg", "tokengate-chart");
+    let chart = chart();
+    let chart = chart.to_str().expect("UTF-8 path");
+    helm.run([
+        "install",
+        release,
+        chart,
+        "--namespace",
+        namespace,
+        "--create-namespace",
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let installed = release_objects(kubectl, namespace, release);
+    eprintln!("installed: {installed:?}");
+    for expected in [
+        "deployment.apps/tg-tokengate-operator",
+        "serviceaccount/tg-tokengate-operator",
+        "lease.coordination.k8s.io/tg-tokengate-operator",
+        "poddisruptionbudget.policy/tg-tokengate-operator",
+        "clusterrole.rbac.authorization.k8s.io/tg-tokengate-operator",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/tg-tokengate-injector",
+    ] {
+        assert!(
+            installed.iter().any(|o| o == expected),
+            "{expected} in {installed:?}"
+        );
+    }
+
+    // The operator as the chart's ServiceAccount, with nothing but what the chart grants.
+    let admin = free_port().expect("port");
+    let mut command = Command::new(OPERATOR);
+    command
+        .arg(format!("--admin=127.0.0.1:{admin}"))
+        .arg("--lease-name=tg-tokengate-operator")
+        .arg(format!("--lease-namespace={namespace}"))
+        .arg("--identity=chart-operator")
+        .arg("--lease-duration=4s")
+        .env("TOKENGATE_LOG", "info,tokengate_operator=debug");
+    let mut operator = cp
+        .spawn_as_service_account(&client, namespace, "tg-tokengate-operator", command)
+        .await
+        .expect("operator as the chart's ServiceAccount");
+
+    // An RSA TokenPolicy written as a person writes it, applied with kubectl, is enforced.
+    let app_namespace = cp.namespace(&client, "chart-app").await.expect("namespace");
+    let idp = IdentityProvider::start().await.expect("identity provider");
+    let policy = rsa_policy_yaml(&app_namespace, &idp);
+    apply_text(kubectl, &policy, &[]).await;
+    wait_ready(&client, &app_namespace, "orders").await;
+    let sidecar = Path::new(OPERATOR).with_file_name("tokengate-sidecar");
+    assert!(
+        sidecar.is_file(),
+        "{} is missing: build it with `cargo build -p tokengate-sidecar`",
+        sidecar.display()
+    );
+    let app = EchoServer::start().await.expect("echo application");
+    let (listen, sidecar_admin) = (free_port().expect("port"), free_port().expect("port"));
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "orders-1", "labels": {"app": "orders"}},
+        "spec": {
+            "containers": [{
+                "name": "tokengate-sidecar",
+                "image": "example.invalid/tokengate-sidecar:dev",
+                "command": ["/tokengate-sidecar", "run",
+                    "--bundle", "/etc/tokengate/bundle", "--pod-labels", "/etc/tokengate/pod/labels",
+                    "--listen", format!("127.0.0.1:{listen}"), "--upstream", app.url(),
+                    "--admin", format!("127.0.0.1:{sidecar_admin}"), "--reload-interval", "200ms"],
+                "volumeMounts": [
+                    {"name": "policies", "mountPath": "/etc/tokengate/bundle/policies"},
+                    {"name": "keys", "mountPath": "/etc/tokengate/bundle/keys"},
+                    {"name": "pod", "mountPath": "/etc/tokengate/pod"},
+                ],
+            }],
+            "volumes": [
+                {"name": "policies", "configMap": {"name": "tokengate-policies", "optional": true}},
+                {"name": "keys", "secret": {"secretName": "tokengate-keys", "optional": true}},
+                {"name": "pod", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            ],
+        },
+    }))
+    .expect("pod");
+    let pod = Api::<Pod>::namespaced(client.clone(), &app_namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let options = PodRunnerOptions::new("tokengate-sidecar")
+        .program("/tokengate-sidecar", &sidecar)
+        .ready_url(format!("http://127.0.0.1:{sidecar_admin}/ready"));
+    let running = RunningPod::start(&client, &pod, options)
+        .await
+        .expect("run the sidecar container");
+    let token = idp.token(jsonwebtoken::Algorithm::RS256);
+    assert_eq!(http_get(listen, None).await.0, 401, "no token");
+    let (status, response) = http_get(listen, Some(&token)).await;
+    assert_eq!(status, 200, "{response}");
+    drop(running);
+    let bundle = Api::<ConfigMap>::namespaced(client.clone(), &app_namespace)
+        .get("tokengate-policies")
+        .await
+        .expect("bundle");
+    assert!(
+        bundle
+            .data
+            .unwrap_or_default()
+            .get("orders.yaml")
+            .is_some_and(|p| p.contains("modulus")),
+        "the bundle carries the key as modulus/exponent"
+    );
+
+    // Upgrade: options switched on and off take their objects with them.
+    helm.run([
+        "upgrade",
+        release,
+        chart,
+        "--namespace",
+        namespace,
+        "--reuse-values",
+        "--set",
+        "dashboard.enabled=true,metrics.service=false,operator.podDisruptionBudget.enabled=false,\
+         operator.replicas=3",
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let upgraded = release_objects(kubectl, namespace, release);
+    assert!(
+        upgraded.contains(&"configmap/tg-tokengate-dashboard".to_owned()),
+        "{upgraded:?}"
+    );
+    assert!(
+        !upgraded.iter().any(|o| o.contains("metrics")),
+        "{upgraded:?}"
+    );
+    assert!(
+        !upgraded
+            .iter()
+            .any(|o| o.starts_with("poddisruptionbudget")),
+        "{upgraded:?}"
+    );
+    // The Lease the operator holds keeps its holder through the upgrade.
+    let holder = kubectl
+        .run([
+            "get",
+            "lease",
+            "tg-tokengate-operator",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .expect("lease")
+        .stdout;
+    assert_eq!(holder, "chart-operator");
+    assert!(operator.is_running(), "{}", operator.log_tail(40));
+    drop(operator);
+
+    helm.run(["uninstall", release, "--namespace", namespace, "--wait"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let left = release_objects(kubectl, namespace, release);
+    assert!(left.is_empty(), "orphans after uninstall: {left:?}");
+    // Nothing else is left in the release namespace either (its defaults aside).
+    let remaining = kubectl
+        .run([
+            "get",
+            "all,configmaps,secrets,serviceaccounts,leases,roles,rolebindings",
+            "-n",
+            namespace,
+            "-o",
+            "name",
+        ])
+        .expect("list")
+        .stdout;
+    let remaining: Vec<&str> = remaining
+        .lines()
+        .filter(|l| !matches!(*l, "configmap/kube-root-ca.crt" | "serviceaccount/default"))
+        .collect();
+    assert!(remaining.is_empty(), "left in {namespace}: {remaining:?}");
+    assert!(
+        kubectl
+            .run(["get", "crd", "tokenpolicies.tokengate.dev"])
+            .is_ok(),
+        "the CRD stays (helm never deletes CRDs)"
+    );
+}
+
+/// A plain HTTP/1.1 GET of `/orders` with an optional bearer token.
+async fn http_get(port: u16, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET /orders HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// Every value in values.yaml carries a `# --` comment and a row in the chart's README table.
+#[test]
+fn every_value_is_documented() {
+    let values = std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml");
+    let readme = std::fs::read_to_string(chart().join("README.md")).expect("README.md");
+    let parsed: Value = serde_saphyr::from_str(&values).expect("values.yaml parses");
+    let mut leaves = Vec::new();
+    collect_leaves(&parsed, String::new(), &mut leaves);
+    let table = readme
+        .split_once("## Values")
+        .map(|(_, table)| table)
+        .expect("README.md has a Values section");
+    let documented: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(key, _)| key))
+        .collect();
+    for leaf in &leaves {
+        // A map documented as a whole (e.g. operator.resources) covers its keys.
+        let covered = documented
+            .iter()
+            .any(|key| leaf == key || leaf.starts_with(&format!("{key}.")));
+        assert!(covered, "{leaf} has no row in charts/tokengate/README.md");
+    }
+    let commented = values.matches("# -- ").count();
+    assert_eq!(
+        commented,
+        documented.len(),
+        "a `# --` comment per documented value"
+    );
+}
+
+fn collect_leaves(value: &Value, prefix: String, out: &mut Vec<String>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                collect_leaves(child, path, out);
+            }
+        }
+        _ => out.push(prefix),
+    }
+}
