@@ -1893,7 +1893,7 @@ mod webhooks {
                 Ok(pod) if has_sidecar(&pod) => admitted += 1,
                 other => failures.push(format!("{other:?}")),
             }
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 let bundle = configured_bundle(&client).await;
                 match handshake(served.replica.port, &bundle).await {
                     Ok(()) => handshakes += 1,
@@ -1981,5 +1981,180 @@ mod webhooks {
             .store(admin, std::sync::atomic::Ordering::Relaxed);
         *replica.process.lock().await = Some(process);
         wait_until_injecting(&client, &namespace).await;
+    }
+
+    /// Bucket counts of a Prometheus histogram (summed over the series whose labels contain every
+    /// one of `labels`), by upper bound.
+    fn buckets(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<String, f64> {
+        let mut found = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&format!("{metric}_bucket{{")) else {
+                continue;
+            };
+            if !labels.iter().all(|l| rest.contains(l)) {
+                continue;
+            }
+            let Some((series, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Some(le) = series
+                .split("le=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+            else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            *found.entry(le.to_string()).or_insert(0.0) += value;
+        }
+        found
+    }
+
+    /// A quantile from the growth of a histogram between two snapshots, interpolating linearly
+    /// inside the bucket it falls in (the estimate Prometheus' `histogram_quantile` makes).
+    fn quantile(
+        before: &BTreeMap<String, f64>,
+        after: &BTreeMap<String, f64>,
+        q: f64,
+    ) -> Option<f64> {
+        let mut bounds: Vec<(f64, f64)> = after
+            .iter()
+            .map(|(le, count)| {
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
+                (bound, count - before.get(le).copied().unwrap_or(0.0))
+            })
+            .collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = bounds.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut previous = (0.0, 0.0);
+        for (bound, count) in bounds {
+            if count >= rank {
+                if bound.is_infinite() {
+                    return Some(previous.0);
+                }
+                let share = (rank - previous.1) / (count - previous.1).max(f64::MIN_POSITIVE);
+                return Some(previous.0 + (bound - previous.0) * share);
+            }
+            previous = (bound, count);
+        }
+        None
+    }
+
+    fn percentile(sorted: &[Duration], q: f64) -> Duration {
+        let index = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        sorted[index.min(sorted.len() - 1)]
+    }
+
+    async fn create_pods(
+        client: &Client,
+        namespace: &str,
+        n: usize,
+        labels: Value,
+    ) -> (Vec<Duration>, usize) {
+        use futures_util::StreamExt as _;
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let pods = pods.clone();
+                let pod = app_pod(&format!("pod-{i}"), labels.clone());
+                async move {
+                    let started = Instant::now();
+                    let created = pods
+                        .create(&PostParams::default(), &pod)
+                        .await
+                        .expect("pod created");
+                    (started.elapsed(), has_sidecar(&created))
+                }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        let injected = results.iter().filter(|(_, injected)| *injected).count();
+        let mut latencies: Vec<Duration> = results.into_iter().map(|(d, _)| d).collect();
+        latencies.sort();
+        (latencies, injected)
+    }
+
+    /// Admission latency over 1,000 pod creations, in the webhook and at the API server, and
+    /// the creation time a client sees with and without injection. A measurement, run by hand:
+    /// `cargo test -p tokengate-operator --test cluster -- --ignored --nocapture latency`
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn admission_latency_over_1000_pod_creations() {
+        let (client, namespace, served) = setup("latency").await;
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let plain = cp.namespace(&client, "baseline").await.expect("namespace");
+        let admin = served
+            .replica
+            .admin
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let apiserver_metrics = || async {
+            let request = http::Request::get("/metrics")
+                .body(Vec::new())
+                .expect("request");
+            client
+                .request_text(request)
+                .await
+                .expect("API server metrics")
+        };
+        const WEBHOOK: &str = "tokengate_admission_duration_seconds";
+        const APISERVER: &str = "apiserver_admission_webhook_admission_duration_seconds";
+        let apiserver_labels = [
+            "name=\"namespace.inject.tokengate.dev\"",
+            "operation=\"CREATE\"",
+            "type=\"admit\"",
+        ];
+        let webhook_labels = ["webhook=\"inject\""];
+        let webhook_before = buckets(
+            &admin_get(admin, "/metrics").await,
+            WEBHOOK,
+            &webhook_labels,
+        );
+        let apiserver_before = buckets(&apiserver_metrics().await, APISERVER, &apiserver_labels);
+
+        let (baseline, _) = create_pods(&client, &plain, 1000, json!({"app": "baseline"})).await;
+        let (latencies, injected) =
+            create_pods(&client, &namespace, 1000, json!({"app": "latency"})).await;
+        assert_eq!(injected, 1000, "every pod injected");
+
+        let webhook_after = buckets(
+            &admin_get(admin, "/metrics").await,
+            WEBHOOK,
+            &webhook_labels,
+        );
+        let apiserver_after = buckets(&apiserver_metrics().await, APISERVER, &apiserver_labels);
+        let ms = |seconds: Option<f64>| {
+            seconds.map_or("n/a".to_string(), |s| format!("{:.3} ms", s * 1000.0))
+        };
+        eprintln!(
+            "1,000 pod creations (4 at a time): in the webhook p50 {} p99 {}; at the API server \
+             (apiserver_admission_webhook_admission_duration_seconds) p50 {} p99 {}",
+            ms(quantile(&webhook_before, &webhook_after, 0.5)),
+            ms(quantile(&webhook_before, &webhook_after, 0.99)),
+            ms(quantile(&apiserver_before, &apiserver_after, 0.5)),
+            ms(quantile(&apiserver_before, &apiserver_after, 0.99)),
+        );
+        eprintln!(
+            "pod create as the client sees it: injected p50 {:?} p99 {:?}; not opted in p50 {:?} p99 {:?}",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&baseline, 0.5),
+            percentile(&baseline, 0.99),
+        );
+        eprintln!("webhook buckets: {webhook_before:?} -> {webhook_after:?}");
+        eprintln!("API server buckets: {apiserver_before:?} -> {apiserver_after:?}");
+        for namespace in [&namespace, &plain] {
+            let _ = Api::<Namespace>::all(client.clone())
+                .delete(namespace, &DeleteParams::default())
+                .await;
+        }
     }
 }

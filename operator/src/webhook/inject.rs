@@ -191,6 +191,13 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
         let port_path = format!("/spec/containers/{c}/ports/{p}");
         if let Some(name) = &protected.name {
             let renamed = contract::app_port_name(protected.number);
+            if *name == renamed {
+                return Err(format!(
+                    "the protected port is named {renamed:?}, the name the webhook gives the \
+                     application's port once the sidecar takes the protected port's name over: \
+                     give it another name"
+                ));
+            }
             let taken = spec.containers.iter().any(|container| {
                 container
                     .ports
@@ -214,7 +221,7 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
                 protected.number,
             ));
         }
-        if protected.host_port.is_some() {
+        if protected.host_port.is_some_and(|p| p > 0) {
             ops.push(json!({"op": "remove", "path": format!("{port_path}/hostPort")}));
         }
     }
@@ -266,7 +273,7 @@ fn protected_port(pod: &Pod) -> Result<ProtectedPort, String> {
             number,
             declared: Some((c, p)),
             name: port.name.clone().filter(|n| !n.is_empty()),
-            host_port: port.host_port,
+            host_port: port.host_port.filter(|p| *p > 0),
         })
     };
     let indexed = || {
@@ -803,6 +810,11 @@ mod tests {
                 json!({"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}, {"name": "app-8080", "containerPort": 9000}]}]}),
                 json!({}),
                 "port name \"app-8080\" is taken",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"name": "app-8080", "containerPort": 8080}]}]}),
+                json!({}),
+                "give it another name",
             ),
         ];
         for (spec, annotations, expected) in cases {
