@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
 
@@ -152,6 +152,8 @@ impl Admission {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {}
+                // A request started or ended: the deadline moves.
+                () = activity.changed.notified() => {}
                 changed = pressure.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep_until(wake.into()).await;
@@ -169,6 +171,8 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `accepted` to the end of the last request.
     last_finished_ms: AtomicU64,
+    /// Signalled when a request starts or ends.
+    changed: Notify,
 }
 
 impl Activity {
@@ -178,6 +182,7 @@ impl Activity {
             started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last_finished_ms: AtomicU64::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -185,6 +190,7 @@ impl Activity {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -200,6 +206,7 @@ impl Drop for InFlight {
         let elapsed = u64::try_from(self.0.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.last_finished_ms.fetch_max(elapsed, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 

@@ -5,9 +5,12 @@
 mod support;
 
 mod attacks;
+mod boundary;
 mod bundle;
 mod cli;
+mod connections;
 mod entra;
+mod raw;
 mod reload;
 mod resilience;
 mod startup;
