@@ -13,6 +13,7 @@ mod entra;
 mod raw;
 mod reload;
 mod resilience;
+mod secrets;
 mod startup;
 mod streaming;
 mod token_cache;
