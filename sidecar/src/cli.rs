@@ -127,8 +127,8 @@ pub struct RunArgs {
     pub idle_timeout: Duration,
 
     /// Client connections held at most; new ones beyond are closed at once, and from 80% of
-    /// it on idle connections are closed after 1s. Lowered to what the descriptor limit
-    /// allows (the soft limit is raised to the hard one at start).
+    /// it on idle and new connections get 1s until fewer remain. Lowered to what the
+    /// descriptor limit allows (the soft limit is raised to the hard one at start).
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 

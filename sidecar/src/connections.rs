@@ -29,7 +29,7 @@ pub struct ConnectionLimits {
     /// Time a connection may stay open with no request in flight.
     pub idle_timeout: Duration,
     /// Client connections held at most; new ones beyond are closed at once. From 80% of it
-    /// on, idle and new connections get [`PRESSURE_TIMEOUT`].
+    /// on, idle and new connections get [`PRESSURE_TIMEOUT`], until the count is below 80%.
     pub max_connections: usize,
 }
 
