@@ -12,11 +12,11 @@ use crate::claims::{ClaimPath, ClaimRequirement};
 use crate::document::TokenPolicyDocument;
 use crate::entra::{self, Authority, EntraRules, TokenVersion};
 use crate::keys::VerificationKey;
-use crate::routes::CompiledRule;
+use crate::routes::{CompiledRule, RouteTable};
 use crate::selector::LabelSelector;
 use crate::spec::{
-    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, SigningKey, TokenPolicySpec, ValidateAzureAdToken,
-    ValidateJwt,
+    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, SigningKey, TokenPolicySpec, UnderscoreHeaders,
+    ValidateAzureAdToken, ValidateJwt,
 };
 
 /// Longest clock skew accepted; beyond it `exp` stops meaning much.
@@ -48,7 +48,28 @@ pub struct CompiledPolicy {
     pub failed_validation: FailedValidation,
     pub forward_token: bool,
     pub claims_to_headers: Vec<ClaimHeader>,
-    pub rules: Vec<CompiledRule>,
+    /// The rules with the path normalisation they are matched under.
+    pub rules: RouteTable,
+    pub requests: RequestRules,
+}
+
+/// How the proxy reads a request before judging it (besides paths, which live with the rules).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRules {
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Lower-case `Upgrade` protocol names passed to the application; never `h2c`.
+    pub upgrades: Vec<String>,
+    pub bypass_cors_preflight: bool,
+}
+
+impl Default for RequestRules {
+    fn default() -> Self {
+        Self {
+            headers_with_underscores: UnderscoreHeaders::default(),
+            upgrades: vec!["websocket".to_owned()],
+            bypass_cors_preflight: false,
+        }
+    }
 }
 
 /// Where the token is read from, in order.
@@ -190,7 +211,7 @@ pub fn compile(
     };
     let parts = compiler.spec(&doc.spec);
     match parts {
-        Some((extraction, verification, claims_to_headers, rules))
+        Some((extraction, verification, claims_to_headers, rules, requests))
             if compiler.errors.is_empty() =>
         {
             Ok(CompiledPolicy {
@@ -205,6 +226,7 @@ pub fn compile(
                 forward_token: doc.spec.forwarding.forward_token,
                 claims_to_headers,
                 rules,
+                requests,
             })
         }
         _ => Err(InvalidPolicy {
@@ -253,7 +275,8 @@ type Parts = (
     Extraction,
     Verification,
     Vec<ClaimHeader>,
-    Vec<CompiledRule>,
+    RouteTable,
+    RequestRules,
 );
 
 struct Compiler<'f> {
@@ -309,14 +332,56 @@ impl Compiler<'_> {
             }
         };
         let claims_to_headers = self.claims_to_headers(spec, &extraction);
+        let paths = &spec.requests.paths;
         let mut rules = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
-            match CompiledRule::compile(rule) {
+            match CompiledRule::compile_with(rule, paths) {
                 Ok(rule) => rules.push(rule),
                 Err(message) => self.error(format!("spec.rules[{i}]"), message),
             }
         }
-        Some((extraction, verification?, claims_to_headers, rules))
+        let rules = RouteTable {
+            rules,
+            paths: paths.clone(),
+        };
+        let requests = self.requests(spec);
+        Some((
+            extraction,
+            verification?,
+            claims_to_headers,
+            rules,
+            requests,
+        ))
+    }
+
+    fn requests(&mut self, spec: &TokenPolicySpec) -> RequestRules {
+        let requests = &spec.requests;
+        let mut upgrades: Vec<String> = Vec::new();
+        for (i, protocol) in requests.upgrades.iter().enumerate() {
+            let field = format!("spec.requests.upgrades[{i}]");
+            let lower = protocol.to_ascii_lowercase();
+            let name = lower.split('/').next().unwrap_or_default();
+            if lower.split('/').count() > 2 || !lower.split('/').all(is_token_chars) {
+                self.error(
+                    field,
+                    format!("{protocol:?} is not an Upgrade protocol name"),
+                );
+            } else if name == "h2c" || name == "h2" || name == "http" {
+                self.error(
+                    field,
+                    format!(
+                        "{protocol:?} is never allowed: the upgraded connection would carry HTTP requests the sidecar cannot judge"
+                    ),
+                );
+            } else if !upgrades.contains(&lower) {
+                upgrades.push(lower);
+            }
+        }
+        RequestRules {
+            headers_with_underscores: requests.headers_with_underscores,
+            upgrades,
+            bypass_cors_preflight: requests.bypass_cors_preflight,
+        }
     }
 
     fn extraction(&mut self, spec: &TokenPolicySpec) -> Extraction {

@@ -14,7 +14,7 @@ pub mod status;
 
 pub use compile::{
     CompiledPolicy, Extraction, FieldError, InvalidPolicy, IssuerRule, KeyFiles, RemoteKeySource,
-    Verification, compile, remote_key_sources, validate,
+    RequestRules, Verification, compile, remote_key_sources, validate,
 };
 pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
 pub use keys::{KeyError, VerificationKey};

@@ -2,9 +2,11 @@
 //! the semantics of Azure API Management's `validate-jwt` before the request reaches the
 //! application beside it.
 
+pub mod boundary;
 pub mod bundle;
 pub mod check;
 pub mod cli;
+pub mod connections;
 pub mod extract;
 pub mod gate;
 pub mod load;
