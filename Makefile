@@ -33,10 +33,11 @@ demo:
 # fuzz/corpus/<target> (not committed); fuzz/seeds/<target> are the committed seeds.
 FUZZ_TARGETS := jwt key_documents policy_yaml paths routes
 FUZZ_SECONDS ?= 12
+CARGO_FUZZ_VERSION := 0.13.2
 
 fuzz-tools:
 	@$(CARGO) +nightly --version >/dev/null 2>&1 || { echo "fuzzing needs the nightly toolchain: rustup toolchain install nightly"; exit 1; }
-	@$(CARGO) fuzz --version >/dev/null 2>&1 || { echo "fuzzing needs cargo-fuzz: cargo install cargo-fuzz"; exit 1; }
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
 
 fuzz-short: fuzz-tools
 	cd fuzz && $(CARGO) +nightly fuzz build -s none
