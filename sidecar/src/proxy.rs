@@ -22,9 +22,8 @@ use tokengate_policy::claims::claim_header_value;
 use tokio::sync::oneshot;
 
 use crate::extract::strip_token;
-use crate::gate::{ActivePolicy, Gate, Permit};
+use crate::gate::{ActivePolicy, Decision, Gate, Permit};
 use crate::metrics::Metrics;
-use crate::reject::rejection_response;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -82,11 +81,11 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let (active, decision) = self.gate.decide(&parts).await;
-        let policy_name = active.as_ref().map_or("", |a| a.policy.name.as_str());
+        let decision = self.gate.decide(&parts).await;
         let elapsed = started.elapsed().as_secs_f64();
         match decision {
-            Err(rejection) => {
+            Decision::Deny(refusal) => {
+                let (policy_name, rejection) = (refusal.policy_name(), &refusal.rejection);
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "deny", rejection.reason.as_str()])
@@ -103,10 +102,10 @@ impl Proxy {
                     path = parts.uri.path(),
                     "request refused"
                 );
-                let failed = active.as_ref().map(|a| &a.policy.failed_validation);
-                Ok(rejection_response(&rejection, failed).map(full))
+                Ok(refusal.response().map(full))
             }
-            Ok(permit) => {
+            Decision::Allow(permit) => {
+                let policy_name = permit.policy_name();
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "allow", permit.basis.as_str()])
@@ -124,11 +123,7 @@ impl Proxy {
                         "request permitted"
                     );
                 }
-                // `active` is Some whenever a permit exists.
-                let Some(active) = active else {
-                    return Ok(plain(StatusCode::FORBIDDEN, "Forbidden"));
-                };
-                prepare_upstream_request(&mut parts, &active, &permit, peer);
+                prepare_upstream_request(&mut parts, &permit.policy, &permit, peer);
                 Ok(self.forward(parts, body).await)
             }
         }
