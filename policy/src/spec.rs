@@ -295,7 +295,7 @@ pub struct OpenIdConfig {
 #[serde(rename_all = "camelCase")]
 pub struct SigningKey {
     /// Key id matched against the token's `kid`. A token without a `kid` verifies with the one
-    /// key that fits its algorithm (with `keySelection: TryAll`, with any of them).
+    /// key that fits its algorithm; when several fit, `keySelection` decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 
