@@ -209,6 +209,31 @@ pub struct ValidateJwt {
     /// Tolerance for `exp`, `nbf` and `iat`, e.g. `30s` or `2m` (APIM `clock-skew`).
     #[serde(default, skip_serializing_if = "HumanDuration::is_zero")]
     pub clock_skew: HumanDuration,
+
+    /// How the key that verifies a token is found. `ByKid` (default): the token's `kid` names
+    /// it; a token without a `kid`, or whose `kid` names no key (keys given without an `id`
+    /// then serve), is checked only when exactly one key fits its algorithm, and refused with
+    /// `TokenSignatureKeyNotFound` otherwise. `TryAll`: such a token is checked against every
+    /// key that fits, as APIM does, at most 4, so one forged token never costs more than 4
+    /// signature checks.
+    #[serde(default, skip_serializing_if = "KeySelection::is_default")]
+    pub key_selection: KeySelection,
+}
+
+/// How the key that verifies a token is found (`validateJwt.keySelection`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeySelection {
+    // By the token's `kid`; without one, only when a single key fits.
+    #[default]
+    ByKid,
+    // Every key that fits, at most 4 (APIM's behaviour for tokens without a `kid`).
+    TryAll,
+}
+
+impl KeySelection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn yes() -> bool {
@@ -275,8 +300,8 @@ pub struct OpenIdConfig {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SigningKey {
-    /// Key id matched against the token's `kid`. Tokens without a `kid` try every key whose
-    /// type fits their algorithm.
+    /// Key id matched against the token's `kid`. A token without a `kid` verifies with the one
+    /// key that fits its algorithm; when several fit, `keySelection` decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 

@@ -21,11 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokengate_policy::claims::claim_header_value;
 use tokio::sync::oneshot;
 
-use crate::boundary::{self, Refusal, is_upgrade, remove_hop_by_hop, upgrade_answered};
+use crate::active::ActivePolicy;
+use crate::boundary::{self, is_upgrade, remove_hop_by_hop, upgrade_answered};
 use crate::extract::strip_token_sources;
-use crate::gate::{ActivePolicy, Gate, Permit, PermitBasis};
+use crate::gate::{Decision, Gate, Permit, PermitBasis};
 use crate::metrics::Metrics;
-use crate::reject::rejection_response;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -84,7 +84,7 @@ impl Proxy {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         // The request is put in the form the application will receive before it is judged.
-        let snapshot = self.gate.active.load_full();
+        let snapshot = self.gate.active();
         let mut cors_preflight = false;
         if let Some(snapshot) = &snapshot {
             match prepare(&mut parts, &snapshot.policy, body.is_end_stream()) {
@@ -92,16 +92,19 @@ impl Proxy {
                 Err(refusal) => return Ok(self.refuse(&snapshot.policy.name, &parts, &refusal)),
             }
         }
-        let (active, decision) = if cors_preflight {
-            let permit = Permit {
+        let decision = match &snapshot {
+            Some(snapshot) if cors_preflight => Decision::Allow(Permit {
+                policy: Arc::clone(snapshot),
                 token: None,
                 basis: PermitBasis::AuthenticationDisabled,
-            };
-            (snapshot.clone(), Ok(permit))
-        } else {
-            self.gate.decide(&parts).await
+            }),
+            _ => self.gate.decide(&parts).await,
         };
-        if let Some(judged_by) = &active
+        let judged_by = match &decision {
+            Decision::Allow(permit) => Some(&permit.policy),
+            Decision::Deny(refusal) => refusal.policy.as_ref(),
+        };
+        if let Some(judged_by) = judged_by
             && !snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, judged_by))
             && !is_prepared(&parts, &judged_by.policy, body.is_end_stream())
         {
@@ -113,10 +116,10 @@ impl Proxy {
                 "Service Unavailable",
             ));
         }
-        let policy_name = active.as_ref().map_or("", |a| a.policy.name.as_str());
         let elapsed = started.elapsed().as_secs_f64();
         match decision {
-            Err(rejection) => {
+            Decision::Deny(refusal) => {
+                let (policy_name, rejection) = (refusal.policy_name(), &refusal.rejection);
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "deny", rejection.reason.as_str()])
@@ -133,10 +136,10 @@ impl Proxy {
                     path = parts.uri.path(),
                     "request refused"
                 );
-                let failed = active.as_ref().map(|a| &a.policy.failed_validation);
-                Ok(rejection_response(&rejection, failed).map(full))
+                Ok(refusal.response().map(full))
             }
-            Ok(permit) => {
+            Decision::Allow(permit) => {
+                let policy_name = permit.policy_name();
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "allow", permit.basis.as_str()])
@@ -154,11 +157,7 @@ impl Proxy {
                         "request permitted"
                     );
                 }
-                // `active` is Some whenever a permit exists.
-                let Some(active) = active else {
-                    return Ok(plain(StatusCode::FORBIDDEN, "Forbidden"));
-                };
-                prepare_upstream_request(&mut parts, &active, &permit, peer);
+                prepare_upstream_request(&mut parts, &permit.policy, &permit, peer);
                 Ok(self.forward(parts, body).await)
             }
         }
@@ -169,7 +168,7 @@ impl Proxy {
         &self,
         policy_name: &str,
         parts: &http::request::Parts,
-        refusal: &Refusal,
+        refusal: &boundary::Refusal,
     ) -> Response<ProxyBody> {
         let reason = refusal.reason();
         self.metrics
@@ -393,7 +392,7 @@ fn prepare(
     parts: &mut http::request::Parts,
     policy: &tokengate_policy::CompiledPolicy,
     body_is_empty: bool,
-) -> Result<boundary::Prepared, Refusal> {
+) -> Result<boundary::Prepared, boundary::Refusal> {
     boundary::prepare(
         &mut parts.method,
         &mut parts.uri,

@@ -279,10 +279,7 @@ async fn serve_proxy(
 }
 
 fn is_ready(gate: &Gate) -> bool {
-    gate.active
-        .load()
-        .as_ref()
-        .is_some_and(|active| active.keys_ready(&gate.keys))
+    gate.is_ready()
 }
 
 /// What the sidecar's admin port reports.
@@ -304,14 +301,14 @@ impl AdminState for SidecarAdmin {
 /// `/ready`: 200 once some key can verify tokens; the body says what each source is doing,
 /// so `curl /ready` answers "why is my pod not ready".
 fn readiness(gate: &Gate) -> Readiness {
-    let active = gate.active.load_full();
+    let active = gate.active();
     let Some(active) = active else {
         return Readiness {
             ready: false,
             detail: "not ready: no policy selects this pod\n".to_owned(),
         };
     };
-    let max_stale = gate.keys.settings().max_stale;
+    let max_stale = gate.keys().settings().max_stale;
     let mut body = format!(
         "policy {} (version {})\n",
         active.policy.name, active.version
@@ -334,7 +331,7 @@ fn readiness(gate: &Gate) -> Readiness {
             (None, None) => body.push_str(&format!("{}: not fetched yet\n", source.id)),
         }
     }
-    if active.keys_ready(&gate.keys) {
+    if active.keys_ready(gate.keys()) {
         Readiness {
             ready: true,
             detail: format!("ready\n{body}"),
