@@ -11,7 +11,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use libfuzzer_sys::fuzz_target;
 use tokengate_keys::KeyView;
 use tokengate_policy::{CompiledPolicy, KeyFiles, compile, parse_documents};
-use tokengate_sidecar::verify::{NoTrace, verify};
+use tokengate_sidecar::token::ParsedToken;
+use tokengate_sidecar::trace::NoTrace;
+use tokengate_sidecar::verify::verify;
 
 const SECRET: &[u8] = b"fuzzing-secret-of-thirty-two-b!!";
 const NOW: f64 = 1_700_000_000.0;
@@ -66,11 +68,14 @@ fuzz_target!(|data: &[u8]| {
         static_keys: &policy.verification.static_keys,
         remote: Vec::new(),
     };
-    let Ok(verified) = verify(&token, &policy.verification, &keys, NOW, &mut NoTrace) else {
+    let Ok(parsed) = ParsedToken::parse(&token) else {
+        return;
+    };
+    let Ok(verified) = verify(&parsed, &policy.verification, &keys, NOW, &mut NoTrace) else {
         return;
     };
     let claims = &verified.claims;
-    assert_eq!(verified.algorithm, "HS256");
+    assert_eq!(verified.algorithm.to_string(), "HS256");
     assert_eq!(
         claims.get("iss").and_then(|v| v.as_str()),
         Some("https://issuer.example")
@@ -81,9 +86,9 @@ fuzz_target!(|data: &[u8]| {
         _ => false,
     };
     assert!(audience_ok, "aud {:?}", claims.get("aud"));
-    let exp = verified.expires_at.expect("exp is required");
+    let exp = verified.times.expires_at.expect("exp is required");
     assert!(NOW < exp + SKEW, "expired token accepted: exp {exp}");
-    if let Some(nbf) = verified.not_before {
+    if let Some(nbf) = verified.times.not_before {
         assert!(NOW + SKEW >= nbf, "token not yet valid accepted: nbf {nbf}");
     }
     let scope_ok = |s: &str| s == "read" || s == "write";

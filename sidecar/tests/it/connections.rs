@@ -69,8 +69,9 @@ async fn the_limit_sheds_and_pressure_closes_idle_connections() {
         bench.metric("tokengate_connections", &[]) < 8.0
     })
     .await;
+    // Without pressure it would take the 30 s idle timeout.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
