@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane helm demo
+.PHONY: test lint fmt build controlplane helm demo fuzz-short fuzz-long fuzz-tools
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -21,8 +21,31 @@ controlplane:
 helm:
 	bash testkit/controlplane/build.sh helm
 
-test: lint controlplane
+test: lint controlplane fuzz-short
 	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) $(CARGO) test --workspace
 
 demo:
 	scripts/demo.sh
+
+# Fuzzing (fuzz/, outside the workspace): JWT verification, key documents, TokenPolicy YAML,
+# path normalisation and rule matching. `fuzz-short` runs each target briefly as part of
+# `make test`; `fuzz-long` is the campaign (FUZZ_SECONDS per target). New inputs go to
+# fuzz/corpus/<target> (not committed); fuzz/seeds/<target> are the committed seeds.
+FUZZ_TARGETS := jwt key_documents policy_yaml paths routes
+FUZZ_SECONDS ?= 12
+CARGO_FUZZ_VERSION := 0.13.2
+
+fuzz-tools:
+	@$(CARGO) +nightly --version >/dev/null 2>&1 || { echo "fuzzing needs the nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz-short: fuzz-tools
+	cd fuzz && $(CARGO) +nightly fuzz build -s none
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		$(CARGO) +nightly fuzz run -s none $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-long:
+	$(MAKE) fuzz-short FUZZ_SECONDS=$(or $(FUZZ_LONG_SECONDS),150)

@@ -144,7 +144,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         },
     );
-    tokio::pin!(controller);
+    // Boxed, so that dropping it on the way out ends its watches and reconciles.
+    let mut controller = Box::pin(controller);
     let hold = async {
         match &elector {
             Some(elector) => elector.hold().await,
@@ -158,15 +159,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         () = &mut shutdown => {
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
-            controller.await;
+            // Reconciles under way get a moment to finish; with the API server gone they
+            // would wait for their own timeout, so they are abandoned (a later leader redoes
+            // them).
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controller).await.is_err() {
+                tracing::warn!("reconciles still running after {SHUTDOWN_GRACE:?}; abandoning them");
+            }
             Ok(())
         }
     };
+    // Ends the watches and reconciles (if still running) before the lease is given up.
+    drop(controller);
     if let Some(elector) = &elector {
-        elector.release().await;
+        elector.release(LEASE_RELEASE_LIMIT).await;
     }
+    tracing::info!("stopped");
     outcome
 }
+
+/// How long reconciles under way may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long giving up the lease may take on the way out.
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

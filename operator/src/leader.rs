@@ -42,7 +42,7 @@ impl LeaderElector {
     pub async fn acquire(&self) -> Result<()> {
         let mut waiting_logged = false;
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt().await {
                 Ok(true) => {
                     tracing::info!(
                         lease = %self.settings.name,
@@ -68,7 +68,7 @@ impl LeaderElector {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
-            match self.try_acquire_or_renew().await {
+            match self.attempt().await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => bail!("lost the lease {} to another replica", self.settings.name),
                 Err(err) => tracing::warn!(error = %format!("{err:#}"), "renewing the lease"),
@@ -83,8 +83,22 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the lease up (on shutdown), so a standby replica takes over at once.
-    pub async fn release(&self) {
+    /// Gives the lease up (on shutdown), so a standby replica takes over at once. Best effort,
+    /// within `limit`: an API server that does not answer must not hold up the exit (the lease
+    /// then expires by itself).
+    pub async fn release(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.try_release())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                lease = %self.settings.name,
+                "the API server did not answer within {limit:?}; leaving the lease to expire"
+            );
+        }
+    }
+
+    async fn try_release(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await else {
             return;
         };
@@ -103,6 +117,15 @@ impl LeaderElector {
         {
             tracing::warn!(error = %err, "releasing the lease");
         }
+    }
+
+    /// [`Self::try_acquire_or_renew`] within one retry period: a request the API server never
+    /// answers must not keep a leader believing in a lease that has expired meanwhile.
+    async fn attempt(&self) -> Result<bool> {
+        let limit = self.settings.retry_period;
+        tokio::time::timeout(limit, self.try_acquire_or_renew())
+            .await
+            .unwrap_or_else(|_| bail!("no answer from the API server within {limit:?}"))
     }
 
     /// `true` when this replica holds the lease after the call.

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod render;

@@ -5,8 +5,14 @@ use tokengate_operator::cli::{Cli, init_logging, run};
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Err(err) = run(cli).await {
-        tracing::error!("{err:#}");
-        std::process::exit(tokengate_runtime::exit::FAILURE);
-    }
+    let code = match run(cli).await {
+        Ok(()) => tokengate_runtime::exit::OK,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            tokengate_runtime::exit::FAILURE
+        }
+    };
+    // Exits without waiting for the runtime's blocking threads: a name lookup that hangs must
+    // not hold up a shutdown.
+    std::process::exit(code);
 }

@@ -9,7 +9,8 @@ use tokengate_keys::KeyMetrics;
 
 pub struct Metrics {
     registry: Registry,
-    /// `result`: `success` or `error`.
+    /// `result`: `success`, or the failure's [`crate::error::Error::metric_label`]
+    /// (`api_error`, `render_error`, `encode_error`, `timeout`).
     pub reconcile: IntCounterVec,
     pub reconcile_duration: Histogram,
     /// TokenPolicies per namespace.
@@ -91,5 +92,31 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         tokengate_runtime::metrics::encode_text(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokengate_keys::{KeyCache, KeySettings};
+    use tokengate_policy::RemoteKeySource;
+    use tokengate_testkit::idp::IdentityProvider;
+
+    /// The fetches behind `KeysResolved` show on the operator's own `/metrics`.
+    #[tokio::test]
+    async fn key_fetches_are_served_with_the_operator_metrics() {
+        let idp = IdentityProvider::start().await.expect("identity provider");
+        let metrics = Metrics::new().expect("metrics");
+        let keys = KeyCache::new(KeySettings::default(), Arc::clone(&metrics.keys), None)
+            .expect("key cache");
+        let sources = keys.sources(&[RemoteKeySource::Discovery(idp.discovery_url())]);
+        keys.fetch_all(&sources).await;
+        let text = metrics.render();
+        let fetched = format!(
+            "tokengate_jwks_fetch_total{{result=\"success\",source=\"{}\"}}",
+            idp.discovery_url()
+        );
+        assert!(text.contains(&fetched), "{text}");
+        assert!(text.contains("tokengate_keys{source="), "{text}");
     }
 }

@@ -252,7 +252,8 @@ fn labels(pod: &Pod) -> BTreeMap<String, String> {
     pod.metadata.labels.clone().unwrap_or_default()
 }
 
-fn is_live(pod: &Pod) -> bool {
+/// A pod that counts: not being deleted, not finished.
+pub fn is_live(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && !matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),

@@ -338,6 +338,25 @@ async fn examples_render_into_the_bundle_and_follow_edits_and_deletion() {
         .collect();
     assert_eq!(ports, [json!(15080), json!(15081), json!(9090)]);
 
+    // What the operator wrote, deleted by hand, is put back.
+    Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+        .delete("tokengate-orders-api", &DeleteParams::default())
+        .await
+        .expect("delete the NetworkPolicy");
+    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .delete("tokengate-policies", &DeleteParams::default())
+        .await
+        .expect("delete the bundle");
+    wait_until(TIMEOUT, "the NetworkPolicy and the bundle back", || async {
+        let network_policy = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+            .get_opt("tokengate-orders-api")
+            .await?;
+        let bundle = config_map_data(&client, &namespace).await;
+        Ok(network_policy.is_some() && bundle.is_some_and(|d| d.contains_key("orders-api.yaml")))
+    })
+    .await
+    .expect("restored");
+
     // Edit: the bundle and observedGeneration follow.
     policies
         .patch(
@@ -816,6 +835,78 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     second.kill();
 }
 
+/// The API server's own request counter (`apiserver_request_total`), summed by
+/// `VERB resource[/subresource]`: every client's requests, the operator's among them.
+async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("GET /metrics");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's /metrics");
+    let mut sums = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let subresource = label("subresource");
+        let resource = if subresource.is_empty() {
+            label("resource")
+        } else {
+            format!("{}/{subresource}", label("resource"))
+        };
+        let key = format!("{} {resource}", label("verb"));
+        *sums.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    sums
+}
+
+fn shared_operator_admin() -> u16 {
+    OPERATOR_STARTED
+        .get()
+        .and_then(|s| s.as_ref().ok())
+        .map(|o| o.admin)
+        .expect("admin")
+}
+
+/// Reconciles the shared operator has counted so far, whatever their result.
+async fn reconcile_count() -> f64 {
+    admin_get(shared_operator_admin(), "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("tokengate_reconcile_total{"))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, n)| n.trim().parse::<f64>().ok())
+        })
+        .sum()
+}
+
+/// What changed between two readings of [`apiserver_requests`], largest first.
+fn request_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut delta: Vec<(String, f64)> = after
+        .iter()
+        .map(|(key, value)| (key.clone(), value - before.get(key).copied().unwrap_or(0.0)))
+        .filter(|(_, value)| *value > 0.0)
+        .collect();
+    delta.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    delta
+}
+
 /// Reconcile time and operator RSS with 1,000 TokenPolicies across 100 namespaces. A
 /// measurement, run by hand:
 /// `cargo test -p tokengate-operator --test cluster -- --ignored --nocapture scale`
@@ -846,6 +937,8 @@ async fn scale_1000_policies_across_100_namespaces() {
     for _ in 0..100 {
         namespaces.push(cp.namespace(&client, "scale").await.expect("namespace"));
     }
+    let requests_before = apiserver_requests(&client).await;
+    let reconciles_before = reconcile_count().await;
     let started = Instant::now();
     let jobs = namespaces
         .iter()
@@ -870,10 +963,12 @@ async fn scale_1000_policies_across_100_namespaces() {
         .await;
     let created = started.elapsed();
     let all = Api::<TokenPolicy>::all(client.clone());
+    let mut polls = 0_u32;
     // Polled every 2 s: listing 1,000 objects is not free for the API server either.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        polls += 1;
         for p in all
             .list(&ListParams::default())
             .await
@@ -912,12 +1007,38 @@ async fn scale_1000_policies_across_100_namespaces() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let ready = started.elapsed();
+    let requests_ready = apiserver_requests(&client).await;
+    let reconciles_ready = reconcile_count().await;
     let fetches = idp.jwks_fetches();
     eprintln!(
         "1,000 TokenPolicies in 100 namespaces: created in {created:?}, all Ready and \
          KeysResolved {ready:?} after the first create; operator RSS {}; JWKS fetches {fetches}",
         rss()
     );
+    // Settled: what the operator still does once everything is Ready.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let requests_settled = apiserver_requests(&client).await;
+    let reconciles_settled = reconcile_count().await;
+    // The test's own requests: the creates and the status polls (one LIST each).
+    let own = 1000.0 + f64::from(polls);
+    for (label, requests, reconciles) in [
+        ("at all Ready", &requests_ready, reconciles_ready),
+        ("10 s later", &requests_settled, reconciles_settled),
+    ] {
+        let delta = request_delta(&requests_before, requests);
+        let total: f64 = delta.iter().map(|(_, n)| n).sum();
+        eprintln!(
+            "API server requests {label}: {total} in all, {} without the test's own {own}: \
+             {:.2} per policy; {} reconciles ({:.2} per policy)",
+            total - own,
+            (total - own) / 1000.0,
+            reconciles - reconciles_before,
+            (reconciles - reconciles_before) / 1000.0,
+        );
+        for (key, n) in delta.iter().take(20) {
+            eprintln!("  {n:>8} {key}");
+        }
+    }
     // One more policy with the operator warm: time to the bundle and to Ready.
     let namespace = &namespaces[0];
     let policies = Api::<TokenPolicy>::namespaced(client.clone(), namespace);
@@ -943,15 +1064,7 @@ async fn scale_1000_policies_across_100_namespaces() {
         "warm operator: apply -> bundle {to_bundle:?}, apply -> Ready {:?}",
         applied.elapsed()
     );
-    let metrics = admin_get(
-        OPERATOR_STARTED
-            .get()
-            .and_then(|s| s.as_ref().ok())
-            .map(|o| o.admin)
-            .expect("admin"),
-        "/metrics",
-    )
-    .await;
+    let metrics = admin_get(shared_operator_admin(), "/metrics").await;
     for line in metrics.lines().filter(|l| {
         l.starts_with("tokengate_reconcile_total")
             || l.starts_with("tokengate_reconcile_duration_seconds_sum")
@@ -2157,4 +2270,87 @@ mod webhooks {
                 .await;
         }
     }
+}
+
+/// SIGTERM ends the operator within a bounded time even when the API server has gone away: it
+/// neither waits for reconciles that cannot finish nor for a lease release nobody answers. On a
+/// control plane of the test's own, whose kube-apiserver `go_away` removes.
+async fn sigterm_ends_the_operator_without_the_api_server(
+    go_away: impl FnOnce(&ControlPlane) -> anyhow::Result<()>,
+) {
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .expect("join")
+        .expect("a control plane of this test's own");
+    let client = cp.client().await.expect("admin client");
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(include_str!("../../crds/tokengate.dev_tokenpolicies.yaml"))
+            .expect("CRD file");
+    apply_crd(&client, &crd).await.expect("CRD");
+    let namespace = cp.namespace(&client, "sigterm").await.expect("namespace");
+
+    let admin = free_port().expect("port");
+    let mut command = Command::new(OPERATOR);
+    command
+        .arg(format!("--admin=127.0.0.1:{admin}"))
+        .arg("--lease-namespace=default")
+        .arg("--identity=terminated")
+        .arg("--lease-duration=4s")
+        .env("KUBECONFIG", cp.admin_kubeconfig())
+        .env("TOKENGATE_LOG", "info,tokengate_operator=debug");
+    let mut operator = Process::spawn(
+        "tokengate-operator",
+        command,
+        &cp.dir().join("logs/tokengate-operator.log"),
+    )
+    .expect("operator");
+    wait_until(TIMEOUT, "the operator to lead", || async {
+        Ok(admin_get(admin, "/ready").await.contains("ready (leader)"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail(40)));
+    let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                &namespace,
+                "busy",
+                jwks_spec("busy", "https://idp.example/keys"),
+            ),
+        )
+        .await
+        .expect("create");
+    wait_condition(&policies, "busy", "Ready", "True").await;
+
+    go_away(&cp).expect("take kube-apiserver away");
+    // Long enough for lease renewals and watches to be under way against nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(operator.is_running(), "{}", operator.log_tail(40));
+    operator.terminate().expect("SIGTERM");
+    let sent = Instant::now();
+    let (status, operator) = tokio::task::spawn_blocking(move || {
+        let status = operator.wait_timeout(Duration::from_secs(10));
+        (status, operator)
+    })
+    .await
+    .expect("join");
+    let status = status.unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "operator exited ({status}) {:?} after SIGTERM",
+        sent.elapsed()
+    );
+    assert!(status.success(), "{status}\n{}", operator.log_tail(40));
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_operator_when_the_api_server_is_killed() {
+    sigterm_ends_the_operator_without_the_api_server(|cp| cp.kill("kube-apiserver")).await;
+}
+
+/// The harder case: connections are accepted and never answered (a server cut off by the
+/// network, or frozen), so no request fails by itself.
+#[tokio::test]
+async fn sigterm_ends_the_operator_when_the_api_server_does_not_answer() {
+    sigterm_ends_the_operator_without_the_api_server(|cp| cp.suspend("kube-apiserver")).await;
 }

@@ -17,6 +17,38 @@ pub mod condition {
     pub const BYPASS: &str = "Bypass";
 }
 
+/// Condition reasons, one place for the operator that writes them, the webhook and the tests
+/// that read them, and users who alert on them (they also name the operator's Events).
+pub mod reason {
+    /// `Ready=True`: the policy is in its namespace's bundle.
+    pub const RENDERED: &str = "Rendered";
+    /// `Ready=False`: the spec fails validation; the message lists every field at fault.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// `Ready=False`: a `secretRef` names a Secret (or key) that does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// `KeysResolved=True`: every key source answered with keys, or the keys are inline.
+    pub const KEYS_FETCHED: &str = "KeysFetched";
+    /// `KeysResolved=Unknown`: the first fetch of a key source has not finished.
+    pub const FETCHING: &str = "Fetching";
+    /// `KeysResolved=False`: a key source failed; the message names it and the error.
+    pub const KEY_SOURCE_FAILED: &str = "KeySourceFailed";
+    /// `Conflict=True`: another TokenPolicy selects some of the same pods.
+    pub const SELECTOR_OVERLAP: &str = "SelectorOverlap";
+    /// `Conflict=False`.
+    pub const NO_OVERLAP: &str = "NoOverlap";
+    /// `Bypass=True`: a Service targets a protected port so that traffic skips the sidecar.
+    pub const SERVICE_TARGETS_APP_PORT: &str = "ServiceTargetsAppPort";
+    /// `Bypass=False`.
+    pub const NO_BYPASS: &str = "NoBypass";
+}
+
+/// Condition status values (`metav1.ConditionStatus`).
+pub mod condition_status {
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
 /// Observed state of a TokenPolicy, written by the operator.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -187,6 +187,36 @@ impl ControlPlane {
         }
     }
 
+    /// Kills one of the control plane's processes (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`) outright, to see how clients behave once it is gone. The
+    /// control plane does not recover: do this to one of a test's own ([`ControlPlane::start`]),
+    /// never to the shared one.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        self.with_process(name, |process| {
+            process.kill();
+            Ok(())
+        })
+    }
+
+    /// Suspends one of the control plane's processes (see [`Process::suspend`]): a
+    /// kube-apiserver that accepts connections and never answers. The same caveat as
+    /// [`ControlPlane::kill`].
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.with_process(name, Process::suspend)
+    }
+
+    fn with_process(&self, name: &str, act: impl FnOnce(&mut Process) -> Result<()>) -> Result<()> {
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow!("process list lock poisoned"))?;
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| anyhow!("the control plane runs no process named {name}"))?;
+        act(process)
+    }
+
     /// Fails with the log tail of any process that is no longer running.
     pub fn ensure_running(&self) -> Result<()> {
         let mut processes = self

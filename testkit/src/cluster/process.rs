@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// Reads registrations from stdin until the test binary exits (EOF, however it died), then kills
 /// every registered process group and removes every registered directory. It runs in its own
@@ -184,6 +184,29 @@ impl Process {
                 self.log_tail(40)
             ),
         }
+    }
+
+    /// Sends SIGTERM to the process itself (not its group), as kubelet does to stop a
+    /// container; [`Process::wait_timeout`] then tells whether it ended in time.
+    pub fn terminate(&mut self) -> Result<()> {
+        self.signal(Signal::TERM, "SIGTERM")
+    }
+
+    /// Suspends the process (SIGSTOP): it keeps its sockets, so connections to it are accepted
+    /// and never answered, like a server cut off by the network. [`Process::kill`] still ends it.
+    pub fn suspend(&mut self) -> Result<()> {
+        self.signal(Signal::STOP, "SIGSTOP")
+    }
+
+    fn signal(&mut self, signal: Signal, name: &str) -> Result<()> {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| anyhow!("{} has no valid pid", self.name))?;
+        if self.try_wait()?.is_some() {
+            bail!("{} has already exited", self.name);
+        }
+        kill_process(pid, signal).with_context(|| format!("sending {name} to {}", self.name))
     }
 
     /// Kills the whole process group and reaps the process. Idempotent.

@@ -42,7 +42,7 @@ use keys::{Key, KeyStore};
 use routes::{Endpoint, Personality};
 
 /// The `aud` of [`IdentityProvider::claims`].
-pub const DEFAULT_AUDIENCE: &str = "api://tokengate-testkit";
+pub const DEFAULT_AUDIENCE: &str = "api://tokengate-tests";
 /// The `sub` of [`IdentityProvider::claims`].
 pub const DEFAULT_SUBJECT: &str = "test-subject";
 /// Lifetime of tokens from [`IdentityProvider::claims`] and, by default, the token endpoint.
