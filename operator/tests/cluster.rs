@@ -2084,6 +2084,37 @@ mod webhooks {
             .expect("an opted-out pod is not sent to the webhook");
         assert_eq!(sidecars(&opted_out), 0);
 
+        // The validating webhook fails open: a policy it would refuse is admitted while no
+        // replica answers, and the operator reports it instead of rendering it.
+        let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(
+                    &namespace,
+                    "unfit",
+                    json!({"selector": {"matchLabels": {"app": "web"}},
+                           "validateJwt": {"jwksUris": ["https://127.0.0.1:9/keys"],
+                                           "algorithms": ["HS256"]}}),
+                ),
+            )
+            .await
+            .expect("admitted while the validating webhook is down");
+        let (reason, message) = wait_condition(&policies, "unfit", "Ready", "False").await;
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(
+            message.contains("no configured key can verify HS256"),
+            "{message}"
+        );
+        assert!(
+            !config_map_data(&client, &namespace)
+                .await
+                .unwrap_or_default()
+                .keys()
+                .any(|key| key.contains("unfit")),
+            "an invalid policy reached the bundle"
+        );
+
         // Back: the same address, the same Secret's certificate.
         let cp = ControlPlane::shared().await.expect("control plane");
         let (process, admin) = spawn_replica(cp, &client, "webhook-a", replica.port)
