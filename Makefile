@@ -33,8 +33,8 @@ demo:
 # fuzz/corpus/<target> (not committed); fuzz/seeds/<target> are the committed seeds.
 FUZZ_TARGETS := jwt key_documents policy_yaml paths routes
 FUZZ_SECONDS ?= 12
-# The short run is a smoke test of every target, so it builds unoptimised (about half the
-# compile time of a release build); the campaign builds optimised for executions per second.
+# The short run is a smoke test of every target, so it builds unoptimised (it compiles much
+# faster than a release build); the campaign builds optimised for executions per second.
 FUZZ_BUILD ?= --dev
 CARGO_FUZZ_VERSION := 0.13.2
 
