@@ -16,7 +16,7 @@ use tokengate_policy::{KeyFiles, compile, parse_documents};
 use tokengate_sidecar::gate::{Decision, Gate, Startup, StartupMode};
 use tokengate_sidecar::metrics::Metrics;
 use tokengate_sidecar::token_cache::TokenCache;
-use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
+use tokengate_testkit::idp::{DEFAULT_AUDIENCE, IdentityProvider, KeyFamily};
 
 struct NoFiles;
 impl KeyFiles for NoFiles {
@@ -77,7 +77,7 @@ fn bench_refusals(c: &mut Criterion) {
             idp.rotate(KeyFamily::Rsa);
         }
         let text = format!(
-            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    jwksUris: [\"{}\"]\n    audiences: [\"api://tokengate-testkit\"]\n    keySelection: {selection}\n",
+            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    jwksUris: [\"{}\"]\n    audiences: [\"{DEFAULT_AUDIENCE}\"]\n    keySelection: {selection}\n",
             idp.jwks_url()
         );
         let policy = compile(&parse_documents(&text).expect("policy").remove(0), &NoFiles)
