@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane kubectl helm demo
+.PHONY: test lint fmt build controlplane kubectl helm demo fuzz-short fuzz-long fuzz-tools
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -28,9 +28,35 @@ kubectl:
 helm:
 	bash testkit/controlplane/build.sh helm
 
-test: lint controlplane kubectl helm
+test: lint controlplane kubectl helm fuzz-short
 	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
 		TOKENGATE_HELM_BIN=$(HELM_BIN) $(CARGO) test --workspace
 
 demo:
 	scripts/demo.sh
+
+# Fuzzing (fuzz/, outside the workspace): JWT verification, key documents, TokenPolicy YAML,
+# path normalisation and rule matching. `fuzz-short` runs each target briefly as part of
+# `make test`; `fuzz-long` is the campaign (FUZZ_SECONDS per target). New inputs go to
+# fuzz/corpus/<target> (not committed); fuzz/seeds/<target> are the committed seeds.
+FUZZ_TARGETS := jwt key_documents policy_yaml paths routes
+FUZZ_SECONDS ?= 12
+# The short run is a smoke test of every target, so it builds unoptimised (it compiles much
+# faster than a release build); the campaign builds optimised for executions per second.
+FUZZ_BUILD ?= --dev
+CARGO_FUZZ_VERSION := 0.13.2
+
+fuzz-tools:
+	@$(CARGO) +nightly --version >/dev/null 2>&1 || { echo "fuzzing needs the nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz-short: fuzz-tools
+	cd fuzz && $(CARGO) +nightly fuzz build $(FUZZ_BUILD) -s none
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		$(CARGO) +nightly fuzz run $(FUZZ_BUILD) -s none $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-long:
+	$(MAKE) fuzz-short FUZZ_BUILD=--release FUZZ_SECONDS=$(or $(FUZZ_LONG_SECONDS),150)

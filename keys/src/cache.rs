@@ -19,7 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
-use tokengate_policy::{RemoteKeySource, VerificationKey};
+use tokengate_policy::keys::KeyFingerprint;
+use tokengate_policy::{KeySelection, RemoteKeySource, VerificationKey};
 
 use crate::metrics::KeyMetrics;
 use crate::tls::https_connector;
@@ -395,29 +396,78 @@ pub struct KeyView<'a> {
     pub remote: Vec<Arc<SourceKeys>>,
 }
 
+/// Most signature checks one token can cause. Each is a public-key operation that a client
+/// without any credential can make the sidecar run, so a forged token must not cost one per key.
+pub const MAX_KEYS_TRIED: usize = 4;
+
+/// The keys a token's signature is checked against.
+#[derive(Debug)]
+pub enum KeyChoice<'a> {
+    /// These keys, in key-set order: distinct, at most [`MAX_KEYS_TRIED`]. `fitting` counts the
+    /// keys that could have been tried.
+    Try {
+        keys: Vec<&'a VerificationKey>,
+        fitting: usize,
+    },
+    /// No key fits the token's `kid` and algorithm.
+    NotFound,
+    /// The token's `kid` names no key and several fit its algorithm, while the policy only
+    /// checks the key a token chooses ([`KeySelection::ByKid`]).
+    KidRequired { fitting: usize },
+}
+
 impl KeyView<'_> {
-    /// Keys that may verify a token with this `kid` and algorithm. With a `kid`, the keys of
-    /// that id, or failing those the keys given without an id; without a `kid`, every key that
-    /// fits the algorithm (as APIM does).
-    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&VerificationKey> {
+    /// The keys that may verify a token with this `kid` and algorithm: with a `kid`, the keys of
+    /// that id, or failing those the keys given without an id; without a `kid`, the keys that
+    /// fit the algorithm. When the token's `kid` names no key and several fit, `selection`
+    /// decides: [`KeySelection::ByKid`] refuses to guess, [`KeySelection::TryAll`] tries the
+    /// first [`MAX_KEYS_TRIED`].
+    pub fn select(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        selection: KeySelection,
+    ) -> KeyChoice<'_> {
         let fitting = || self.all().filter(move |key| key.fits(alg));
-        match kid {
-            None => fitting().collect(),
-            Some(kid) => {
-                let named: Vec<_> = fitting()
-                    .filter(|key| key.kid.as_deref() == Some(kid))
-                    .collect();
-                if named.is_empty() {
-                    fitting().filter(|key| key.kid.is_none()).collect()
-                } else {
-                    named
-                }
+        if let Some(kid) = kid {
+            let named = || fitting().filter(move |key| key.kid.as_deref() == Some(kid));
+            let keys = first_distinct(named(), MAX_KEYS_TRIED);
+            if !keys.is_empty() {
+                let fitting = named().count();
+                return KeyChoice::Try { keys, fitting };
             }
+        }
+        // The token names no key we hold: a key given without an id may still be the one.
+        let unnamed = || fitting().filter(move |key| kid.is_none() || key.kid.is_none());
+        let most = match selection {
+            KeySelection::ByKid => 2,
+            KeySelection::TryAll => MAX_KEYS_TRIED,
+        };
+        let keys = first_distinct(unnamed(), most);
+        match (keys.len(), selection) {
+            (0, _) => KeyChoice::NotFound,
+            (1, _) | (_, KeySelection::TryAll) => KeyChoice::Try {
+                keys,
+                fitting: unnamed().count(),
+            },
+            (_, KeySelection::ByKid) => KeyChoice::KidRequired {
+                fitting: unnamed().count(),
+            },
         }
     }
 
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.all().any(|key| key.kid.as_deref() == Some(kid))
+    /// Whether the key with this fingerprint is still one [`select`](Self::select) would try.
+    pub fn still_selects(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        selection: KeySelection,
+        fingerprint: &KeyFingerprint,
+    ) -> bool {
+        match self.select(kid, alg, selection) {
+            KeyChoice::Try { keys, .. } => keys.iter().any(|key| key.fingerprint() == fingerprint),
+            KeyChoice::NotFound | KeyChoice::KidRequired { .. } => false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -434,5 +484,156 @@ impl KeyView<'_> {
         self.remote
             .iter()
             .filter_map(|source| source.issuer.as_deref())
+    }
+}
+
+/// Up to `most` keys, skipping repeats of the same key material (one key published by two
+/// sources is one key).
+fn first_distinct<'a>(
+    keys: impl Iterator<Item = &'a VerificationKey>,
+    most: usize,
+) -> Vec<&'a VerificationKey> {
+    let mut out: Vec<&VerificationKey> = Vec::new();
+    for key in keys {
+        if out.len() == most {
+            break;
+        }
+        if !out
+            .iter()
+            .any(|seen| seen.fingerprint() == key.fingerprint())
+        {
+            out.push(key);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    /// An HMAC key: key material made in-process, no key generation needed to select keys.
+    fn key(kid: Option<&str>, byte: u8) -> VerificationKey {
+        let secret = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+        VerificationKey::from_symmetric_base64(kid.map(str::to_owned), &secret).expect("key")
+    }
+
+    fn tried(choice: &KeyChoice<'_>) -> Vec<Option<String>> {
+        match choice {
+            KeyChoice::Try { keys, .. } => keys.iter().map(|key| key.kid.clone()).collect(),
+            other => panic!("expected keys to try, got {other:?}"),
+        }
+    }
+
+    fn view(keys: &[VerificationKey]) -> KeyView<'_> {
+        KeyView {
+            static_keys: keys,
+            remote: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_kid_picks_its_keys_and_nothing_else() {
+        let keys = [key(Some("a"), 1), key(Some("b"), 2), key(None, 3)];
+        let view = view(&keys);
+        for selection in [KeySelection::ByKid, KeySelection::TryAll] {
+            let choice = view.select(Some("b"), Algorithm::HS256, selection);
+            assert_eq!(tried(&choice), [Some("b".to_owned())]);
+            // A kid no key has falls back on the one key without an id.
+            let choice = view.select(Some("zzz"), Algorithm::HS256, selection);
+            assert_eq!(tried(&choice), [None]);
+            // No key fits the algorithm.
+            assert!(matches!(
+                view.select(Some("a"), Algorithm::RS256, selection),
+                KeyChoice::NotFound
+            ));
+        }
+    }
+
+    #[test]
+    fn without_a_kid_one_fitting_key_is_tried_several_are_refused_unless_try_all() {
+        let one = [key(Some("a"), 1)];
+        assert_eq!(
+            tried(&view(&one).select(None, Algorithm::HS256, KeySelection::ByKid)),
+            [Some("a".to_owned())]
+        );
+        let eight: Vec<VerificationKey> = (0..8u8)
+            .map(|i| key(Some(&format!("k{i}")), i + 1))
+            .collect();
+        let view = view(&eight);
+        assert!(matches!(
+            view.select(None, Algorithm::HS256, KeySelection::ByKid),
+            KeyChoice::KidRequired { fitting: 8 }
+        ));
+        match view.select(None, Algorithm::HS256, KeySelection::TryAll) {
+            KeyChoice::Try { keys, fitting } => {
+                assert_eq!(keys.len(), MAX_KEYS_TRIED);
+                assert_eq!(fitting, 8);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unnamed_keys_answer_unknown_kids_within_the_same_bound() {
+        let keys: Vec<VerificationKey> = (0..6u8).map(|i| key(None, i + 1)).collect();
+        let view = view(&keys);
+        assert!(matches!(
+            view.select(Some("made-up"), Algorithm::HS256, KeySelection::ByKid),
+            KeyChoice::KidRequired { fitting: 6 }
+        ));
+        assert_eq!(
+            tried(&view.select(Some("made-up"), Algorithm::HS256, KeySelection::TryAll)).len(),
+            MAX_KEYS_TRIED
+        );
+    }
+
+    #[test]
+    fn the_same_key_twice_is_one_key() {
+        let source = Arc::new(SourceKeys {
+            keys: vec![key(Some("a"), 1)],
+            issuer: None,
+            fetched_at: Instant::now(),
+        });
+        let keys = [key(Some("a"), 1)];
+        let view = KeyView {
+            static_keys: &keys,
+            remote: vec![Arc::clone(&source), source],
+        };
+        assert_eq!(
+            tried(&view.select(None, Algorithm::HS256, KeySelection::ByKid)),
+            [Some("a".to_owned())]
+        );
+        assert_eq!(
+            tried(&view.select(Some("a"), Algorithm::HS256, KeySelection::ByKid)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn still_selects_follows_the_key_set() {
+        let keys = [key(Some("a"), 1), key(Some("b"), 2)];
+        let fingerprint = *keys[0].fingerprint();
+        let both = view(&keys);
+        assert!(both.still_selects(
+            Some("a"),
+            Algorithm::HS256,
+            KeySelection::ByKid,
+            &fingerprint
+        ));
+        assert!(!both.still_selects(
+            Some("b"),
+            Algorithm::HS256,
+            KeySelection::ByKid,
+            &fingerprint
+        ));
+        let rotated = [key(Some("a"), 9)];
+        assert!(!view(&rotated).still_selects(
+            Some("a"),
+            Algorithm::HS256,
+            KeySelection::ByKid,
+            &fingerprint
+        ));
     }
 }

@@ -7,5 +7,5 @@ pub mod cache;
 pub mod metrics;
 mod tls;
 
-pub use cache::{KeyCache, KeySettings, KeyView, Source, SourceKeys};
+pub use cache::{KeyCache, KeyChoice, KeySettings, KeyView, MAX_KEYS_TRIED, Source, SourceKeys};
 pub use metrics::KeyMetrics;

@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 pub struct Health {
     ready: AtomicBool,
     leader: AtomicBool,
+    /// The admission webhook is enabled but has no serving certificate yet.
+    webhook_waiting: AtomicBool,
 }
 
 impl Health {
@@ -25,6 +27,11 @@ impl Health {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// Whether the webhook (when enabled) has a certificate to serve with.
+    pub fn set_webhook_certificate(&self, loaded: bool) {
+        self.webhook_waiting.store(!loaded, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -48,6 +55,13 @@ impl AdminState for OperatorAdmin {
             return Readiness {
                 ready: false,
                 detail: "not ready: starting watches\n".to_owned(),
+            };
+        }
+        if self.health.webhook_waiting.load(Ordering::Relaxed) {
+            return Readiness {
+                ready: false,
+                detail: "not ready: the admission webhook has no serving certificate yet\n"
+                    .to_owned(),
             };
         }
         let role = if self.health.is_leader() {

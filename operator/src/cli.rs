@@ -59,6 +59,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 use tokengate_runtime::wait_for_signal;
@@ -74,6 +77,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let admin_addr = admin::serve(cli.admin, Arc::clone(&health), Arc::clone(&metrics)).await?;
     tracing::info!(admin = %admin_addr, "admin server listening");
+    // Every replica serves the webhooks, the standby too: start them before the election.
+    let webhook = crate::webhook::start(
+        client.clone(),
+        &cli.webhook,
+        &cli.lease_namespace,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    )
+    .await?;
+    if let Some(webhook) = &webhook {
+        tracing::info!(webhook = %webhook.addr(), "admission webhooks listening");
+    }
 
     let identity = cli.identity.clone().unwrap_or_else(default_identity);
     let elector = cli.leader_elect.then(|| {

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tokengate_keys::KeyMetrics;
 
 pub struct Metrics {
@@ -15,6 +17,13 @@ pub struct Metrics {
     pub policies: IntGaugeVec,
     /// Key fetches made to report `KeysResolved` (the same metrics as the sidecar's).
     pub keys: Arc<KeyMetrics>,
+    /// Admission reviews answered, by `webhook` (`inject`, `validate`) and `result`
+    /// (`injected`, `skipped`, `allowed`, `denied`, `error`).
+    pub admission: IntCounterVec,
+    /// Time from request to answer inside the webhook, by `webhook`.
+    pub admission_duration: HistogramVec,
+    /// When the webhook's serving certificate expires (Unix seconds; self-managed mode).
+    pub webhook_certificate_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -44,12 +53,39 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(policies.clone()))?;
         let keys = Arc::new(KeyMetrics::register(&registry)?);
+        let admission = IntCounterVec::new(
+            Opts::new(
+                "tokengate_admission_total",
+                "Admission reviews answered, by webhook and result",
+            ),
+            &["webhook", "result"],
+        )?;
+        let admission_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tokengate_admission_duration_seconds",
+                "Time to answer one admission review inside the webhook",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["webhook"],
+        )?;
+        let webhook_certificate_expiry = IntGauge::new(
+            "tokengate_webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (Unix seconds)",
+        )?;
+        registry.register(Box::new(admission.clone()))?;
+        registry.register(Box::new(admission_duration.clone()))?;
+        registry.register(Box::new(webhook_certificate_expiry.clone()))?;
         Ok(Self {
             registry,
             reconcile,
             reconcile_duration,
             policies,
             keys,
+            admission,
+            admission_duration,
+            webhook_certificate_expiry,
         })
     }
 

@@ -301,9 +301,19 @@ pub struct Bypass {
     pub target: String,
 }
 
-/// The ports of a pod the sidecar protects: the `tokengate.dev/ports` annotation (numbers or
-/// names), else the first TCP containerPort of the first application container.
+/// The ports of a pod the sidecar protects: on an injected pod the port the webhook recorded
+/// (names have moved to the sidecar by then), else the `tokengate.dev/ports` annotation
+/// (numbers or names), else the first TCP containerPort of the first application container.
 fn protected_ports(pod: &Pod) -> BTreeSet<i32> {
+    let injected = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::UPSTREAM_PORT_ANNOTATION))
+        .and_then(|port| port.parse::<i32>().ok());
+    if let Some(port) = injected {
+        return [port].into();
+    }
     let containers: Vec<_> = pod
         .spec
         .iter()

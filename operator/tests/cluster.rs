@@ -111,6 +111,7 @@ async fn spawn_operator_on_lease(
     lease: &str,
 ) -> Result<(Process, u16), String> {
     let admin = free_port().map_err(|e| format!("{e:#}"))?;
+    let webhook = free_port().map_err(|e| format!("{e:#}"))?;
     let mut command = Command::new(OPERATOR);
     command
         .arg(format!("--admin=127.0.0.1:{admin}"))
@@ -120,6 +121,7 @@ async fn spawn_operator_on_lease(
         .arg("--lease-duration=4s")
         .arg("--key-recheck=3s")
         .arg("--key-fetch-timeout=2s")
+        .args(webhooks::flags(webhook))
         .env("TOKENGATE_LOG", "info,tokengate_operator=debug");
     let process = cp
         .spawn_as_service_account(client, SYSTEM_NAMESPACE, "tokengate-operator", command)
@@ -1077,28 +1079,27 @@ async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (status, response)
 }
 
-/// The whole path without the webhook: the operator renders the bundle, the pod runner projects
-/// it into a pod the way kubelet would, and the real sidecar binary enforces it with
-/// `--bundle`, following edits of the policy and of the pod's labels live.
+/// The whole path: a Deployment in an opted-in namespace, its Pod created by the
+/// controller-manager and injected by the webhook over TLS, the operator's bundle projected into
+/// it the way kubelet would, and the injected sidecar container run exactly as the webhook wrote
+/// it (the contract's ports mapped to free local ports), following edits of the policy and of
+/// the pod's labels live.
 #[tokio::test]
 async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
-    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use tokengate_policy::contract;
+    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, ProbeKind, RunningPod};
     use tokengate_testkit::echo::EchoServer;
-    let (client, namespace, _) = setup("e2e").await;
-    let sidecar = std::path::Path::new(OPERATOR).with_file_name("tokengate-sidecar");
-    assert!(
-        sidecar.is_file(),
-        "{} is missing: build it with `cargo build -p tokengate-sidecar` (cargo test \
-         --workspace does)",
-        sidecar.display()
-    );
+    let (client, namespace, _webhook) = webhooks::setup("e2e").await;
+    let sidecar = webhooks::sidecar_binary();
     let idp = IdentityProvider::start().await.expect("identity provider");
+    idp.register_client("shop-client", "s3cret");
     let app = EchoServer::start().await.expect("echo application");
     let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
     let spec = json!({
         "selector": {"matchLabels": {"app": "shop"}},
         "validateJwt": {"openidConfigs": [{"url": idp.discovery_url()}],
-                        "audiences": [tokengate_testkit::idp::DEFAULT_AUDIENCE]},
+                        "audiences": ["api://shop"]},
         "forwarding": {"claimsToHeaders": [{"claim": "sub", "header": "X-User"}]},
     });
     policies
@@ -1107,85 +1108,1182 @@ async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
         .expect("create policy");
     wait_condition(&policies, "shop", "Ready", "True").await;
 
-    let listen = free_port().expect("port");
-    let admin = free_port().expect("port");
-    // The pod as the webhook will shape it: bundle and labels mounted, sidecar in front.
-    let pod: Pod = from_json(json!({
-        "metadata": {"name": "shop-1", "labels": {"app": "shop"}},
+    // As a user writes it: nothing about tokengate but the namespace's label.
+    let deployment: Deployment = from_json(json!({
+        "metadata": {"name": "shop"},
         "spec": {
-            "containers": [{
-                "name": "tokengate-sidecar",
-                "image": "example.invalid/tokengate-sidecar:dev",
-                "command": ["/tokengate-sidecar", "run",
-                    "--bundle", "/etc/tokengate/bundle", "--pod-labels", "/etc/tokengate/pod/labels",
-                    "--listen", format!("127.0.0.1:{listen}"), "--upstream", app.url(),
-                    "--admin", format!("127.0.0.1:{admin}"), "--reload-interval", "200ms"],
-                "volumeMounts": [
-                    {"name": "policies", "mountPath": "/etc/tokengate/bundle/policies"},
-                    {"name": "keys", "mountPath": "/etc/tokengate/bundle/keys"},
-                    {"name": "pod", "mountPath": "/etc/tokengate/pod"},
-                ],
-            }],
-            "volumes": [
-                {"name": "policies", "configMap": {"name": "tokengate-policies", "optional": true}},
-                {"name": "keys", "secret": {"secretName": "tokengate-keys", "optional": true}},
-                {"name": "pod", "downwardAPI": {"items": [
-                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-            ],
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {"containers": [{
+                    "name": "shop",
+                    "image": "example.invalid/shop:1",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                    "livenessProbe": {"tcpSocket": {"port": "http"}},
+                }]},
+            },
         },
     }));
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
-    let pod = pods
-        .create(&PostParams::default(), &pod)
+    Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &deployment)
         .await
-        .expect("create pod");
-    let options = PodRunnerOptions::new("tokengate-sidecar")
-        .program("/tokengate-sidecar", &sidecar)
-        .ready_url(format!("http://127.0.0.1:{admin}/ready"));
-    let _running = RunningPod::start(&client, &pod, options)
-        .await
-        .expect("run the sidecar container");
+        .expect("create Deployment");
+    let pod = webhooks::wait_for_pod(&client, &namespace, "app=shop").await;
+    webhooks::assert_injected(&pod, "shop", 8080);
 
-    let token = idp.token(jsonwebtoken::Algorithm::RS256);
+    let listen = free_port().expect("port");
+    let admin = free_port().expect("port");
+    // The sidecar's own readinessProbe (keys resolved) decides when the pod is Ready.
+    let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
+        .entrypoint([sidecar.display().to_string()])
+        .port(contract::SIDECAR_PROXY_PORT, listen)
+        .port(contract::SIDECAR_ADMIN_PORT, admin)
+        .port(8080, app.port());
+    let running = RunningPod::start(&client, &pod, options)
+        .await
+        .expect("run the injected sidecar container");
+
+    let token =
+        webhooks::client_credentials_token(&idp, "shop-client", "s3cret", "api://shop").await;
     let (status, _) = http_get(listen, "/orders", None).await;
     assert_eq!(status, 401, "no token");
     let (status, response) = http_get(listen, "/orders", Some(&token)).await;
     assert_eq!(status, 200, "{response}");
     assert!(
-        response.contains("test-subject"),
+        response.contains("shop-client"),
         "the claim header reaches the app: {response}"
     );
 
-    // An edit of the TokenPolicy reaches the running sidecar through the bundle.
-    policies
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"validateJwt": {"audiences": ["api://elsewhere"]}}})),
-        )
+    // kubelet-style probes: the sidecar's on its admin port, the application's (rewritten from
+    // the name the sidecar took over to the number) straight to the application.
+    for kind in [
+        ProbeKind::Startup,
+        ProbeKind::Readiness,
+        ProbeKind::Liveness,
+    ] {
+        let result = running
+            .probe(contract::SIDECAR_CONTAINER, kind)
+            .await
+            .expect("probe");
+        assert!(result.success, "sidecar {kind:?}: {result:?}");
+    }
+    let before = app.requests();
+    let result = running
+        .probe("shop", ProbeKind::Readiness)
         .await
-        .expect("edit policy");
-    wait_until(TIMEOUT, "the edited policy to refuse the token", || async {
-        let (status, response) = http_get(listen, "/orders", Some(&token)).await;
-        Ok(status == 401 && response.contains("TokenAudienceNotAllowed"))
-    })
-    .await
-    .expect("edit enforced");
+        .expect("probe");
+    assert!(result.success, "{result:?}");
+    assert_eq!(
+        app.requests(),
+        before + 1,
+        "the probe reached the application"
+    );
+    assert_eq!(app.last_request().expect("request").path, "/healthz");
+    let result = running
+        .probe("shop", ProbeKind::Liveness)
+        .await
+        .expect("probe");
+    assert!(result.success, "{result:?}");
+
+    // Edits of the TokenPolicy reach the running sidecar through the bundle, no restart.
+    let mut delays = Vec::new();
+    for (audience, refused) in [
+        ("api://elsewhere", true),
+        ("api://shop", false),
+        ("api://elsewhere", true),
+    ] {
+        let edited = Instant::now();
+        policies
+            .patch(
+                "shop",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"validateJwt": {"audiences": [audience]}}})),
+            )
+            .await
+            .expect("edit policy");
+        wait_until(TIMEOUT, "the edit to be enforced", || async {
+            let (status, response) = http_get(listen, "/orders", Some(&token)).await;
+            Ok(if refused {
+                status == 401 && response.contains("TokenAudienceNotAllowed")
+            } else {
+                status == 200
+            })
+        })
+        .await
+        .expect("edit enforced");
+        delays.push(edited.elapsed());
+    }
+    eprintln!("TokenPolicy edit -> enforced by the running sidecar: {delays:?}");
 
     // The pod leaves the policy's selector: nothing protects it, so nothing passes.
-    pods.patch(
-        "shop-1",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
-    )
-    .await
-    .expect("relabel pod");
+    Api::<Pod>::namespaced(client.clone(), &namespace)
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+        )
+        .await
+        .expect("relabel pod");
     wait_until(TIMEOUT, "NoPolicy after relabelling", || async {
         let (_, response) = http_get(listen, "/orders", Some(&token)).await;
         Ok(response.contains("NoPolicy"))
     })
     .await
     .expect("relabel enforced");
+}
+
+// =================================================================================================
+// Admission webhooks
+// =================================================================================================
+
+/// The admission webhooks against the real API server, which calls them over TLS. Every operator
+/// replica of this test binary serves them, with certificates short-lived enough that every test
+/// here runs across rotations; the configurations of `operator/deploy/webhooks.yaml` call
+/// `webhook-a`, a standby replica on the shared lease.
+mod webhooks {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt as _;
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use tokengate_policy::contract;
+    use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
+
+    use super::*;
+
+    const CA_VALIDITY: &str = "60s";
+    const CERT_VALIDITY: &str = "20s";
+    const TLS_SECRET: &str = "tokengate-webhook-tls";
+    const MUTATING: &str = "tokengate-injector";
+    const VALIDATING: &str = "tokengate-policy-validator";
+
+    /// The webhook flags of every replica: a port of its own, a certificate that covers
+    /// 127.0.0.1 (the API server calls by URL here), and short lifetimes.
+    pub fn flags(port: u16) -> Vec<String> {
+        vec![
+            format!("--webhook-listen=127.0.0.1:{port}"),
+            "--webhook-host=127.0.0.1".to_string(),
+            format!("--webhook-ca-validity={CA_VALIDITY}"),
+            format!("--webhook-cert-validity={CERT_VALIDITY}"),
+            "--sidecar-image=example.invalid/tokengate-sidecar:test".to_string(),
+        ]
+    }
+
+    /// The replica the webhook configurations call.
+    pub struct Replica {
+        port: u16,
+        admin: std::sync::atomic::AtomicU16,
+        process: Mutex<Option<Process>>,
+    }
+
+    static REPLICA: OnceLock<Result<Replica, String>> = OnceLock::new();
+    /// Tests that need the webhook served hold it shared; the test that stops it, alone.
+    static IN_USE: RwLock<()> = RwLock::const_new(());
+
+    /// Held by a test while it relies on the webhook being served.
+    pub struct Served {
+        _guard: RwLockReadGuard<'static, ()>,
+        replica: &'static Replica,
+    }
+
+    async fn spawn_replica(
+        cp: &ControlPlane,
+        client: &Client,
+        identity: &str,
+        port: u16,
+    ) -> Result<(Process, u16), String> {
+        let admin = free_port().map_err(|e| format!("{e:#}"))?;
+        let mut command = Command::new(OPERATOR);
+        command
+            .arg(format!("--admin=127.0.0.1:{admin}"))
+            .arg("--lease-name=tokengate-operator")
+            .arg(format!("--lease-namespace={SYSTEM_NAMESPACE}"))
+            .arg(format!("--identity={identity}"))
+            .arg("--lease-duration=4s")
+            .args(flags(port))
+            .env("TOKENGATE_LOG", "info,tokengate_operator=debug");
+        let process = cp
+            .spawn_as_service_account(client, SYSTEM_NAMESPACE, "tokengate-operator", command)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok((process, admin))
+    }
+
+    /// The shipped configurations, calling `https://127.0.0.1:{port}` instead of the Service.
+    async fn register(client: &Client, port: u16) -> Result<(), String> {
+        let mut documents = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(include_str!("../deploy/webhooks.yaml"))
+        {
+            let mut value: Value = serde::Deserialize::deserialize(document)
+                .map_err(|e| format!("webhooks.yaml: {e}"))?;
+            for webhook in value["webhooks"].as_array_mut().into_iter().flatten() {
+                let path = webhook["clientConfig"]["service"]["path"].clone();
+                let path = path.as_str().ok_or("a webhook without a service path")?;
+                webhook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}{path}")});
+            }
+            documents.push(value);
+        }
+        let [mutating, validating] = documents.as_slice() else {
+            return Err("webhooks.yaml holds two configurations".to_string());
+        };
+        let mutating: MutatingWebhookConfiguration = from_json(mutating.clone());
+        apply(&Api::all(client.clone()), MUTATING, &mutating).await?;
+        let validating: ValidatingWebhookConfiguration = from_json(validating.clone());
+        apply(&Api::all(client.clone()), VALIDATING, &validating).await
+    }
+
+    async fn replica() -> &'static Replica {
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let started = tokio::task::spawn_blocking(move || {
+            REPLICA.get_or_init(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(async {
+                    let client = cp.client().await.map_err(|e| format!("{e:#}"))?;
+                    let port = free_port().map_err(|e| format!("{e:#}"))?;
+                    let (process, admin) = spawn_replica(cp, &client, "webhook-a", port).await?;
+                    register(&client, port).await?;
+                    Ok(Replica {
+                        port,
+                        admin: admin.into(),
+                        process: Mutex::new(Some(process)),
+                    })
+                })
+            })
+        })
+        .await
+        .expect("join");
+        started.as_ref().expect("webhook replica started")
+    }
+
+    /// The operator, the webhook replica and a namespace labelled
+    /// `tokengate.dev/injection=enabled`, once the API server injects pods there.
+    pub async fn setup(prefix: &str) -> (Client, String, Served) {
+        let (client, namespace, _) = super::setup(prefix).await;
+        let replica = replica().await;
+        let guard = IN_USE.read().await;
+        opt_in(&client, &namespace).await;
+        wait_until_injecting(&client, &namespace).await;
+        (
+            client,
+            namespace,
+            Served {
+                _guard: guard,
+                replica,
+            },
+        )
+    }
+
+    async fn opt_in(client: &Client, namespace: &str) {
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                namespace,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {
+                    contract::NAMESPACE_INJECTION_LABEL: contract::INJECTION_ENABLED}}})),
+            )
+            .await
+            .expect("label the namespace");
+    }
+
+    /// A pod as users write them: one container, its port named `http`.
+    fn app_pod(name: &str, labels: Value) -> Pod {
+        from_json(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{
+                "name": "app", "image": "example.invalid/app:1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+            }]},
+        }))
+    }
+
+    fn dry_run() -> PostParams {
+        PostParams {
+            dry_run: true,
+            field_manager: None,
+        }
+    }
+
+    fn has_sidecar(pod: &Pod) -> bool {
+        sidecars(pod) == 1
+    }
+
+    fn sidecars(pod: &Pod) -> usize {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| c.name == contract::SIDECAR_CONTAINER)
+            .count()
+    }
+
+    /// The API server picks configurations and their caBundle up asynchronously.
+    async fn wait_until_injecting(client: &Client, namespace: &str) {
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let last = std::sync::Mutex::new(String::new());
+        let outcome = wait_until(TIMEOUT, "the API server to call the webhook", || async {
+            let result = pods
+                .create(&dry_run(), &app_pod("probe", json!({"app": "probe"})))
+                .await;
+            let done = matches!(&result, Ok(pod) if has_sidecar(pod));
+            if let Ok(mut last) = last.lock() {
+                *last = format!("{result:?}");
+            }
+            Ok(done)
+        })
+        .await;
+        if let Err(err) = outcome {
+            panic!(
+                "{err:#}; last answer: {}",
+                last.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+    }
+
+    pub fn sidecar_binary() -> PathBuf {
+        let sidecar = std::path::Path::new(OPERATOR).with_file_name("tokengate-sidecar");
+        assert!(
+            sidecar.is_file(),
+            "{} is missing: build it with `cargo build -p tokengate-sidecar` (cargo test \
+             --workspace does)",
+            sidecar.display()
+        );
+        sidecar
+    }
+
+    /// Waits until a pod matching `selector` exists, and returns it as stored.
+    pub async fn wait_for_pod(client: &Client, namespace: &str, selector: &str) -> Pod {
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let found = std::sync::Mutex::new(None);
+        wait_until(TIMEOUT, &format!("a pod {selector}"), || async {
+            let list = pods.list(&ListParams::default().labels(selector)).await?;
+            let first = list.items.into_iter().next();
+            let done = first.is_some();
+            if let Ok(mut found) = found.lock() {
+                *found = first;
+            }
+            Ok(done)
+        })
+        .await
+        .expect("pod created");
+        found.into_inner().ok().flatten().expect("the pod found")
+    }
+
+    /// The pod carries the sidecar as the webhook shapes it, around `container`'s port `http`.
+    pub fn assert_injected(pod: &Pod, container: &str, port: u16) {
+        let spec = pod.spec.as_ref().expect("spec");
+        let sidecar = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == contract::SIDECAR_CONTAINER)
+            .expect("the sidecar is an init container");
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            sidecar.args.as_deref(),
+            Some(contract::sidecar_run_args(port).as_slice())
+        );
+        let proxy = &sidecar.ports.as_deref().expect("sidecar ports")[0];
+        assert_eq!(proxy.name.as_deref(), Some("http"), "the name moved");
+        assert_eq!(
+            proxy.container_port,
+            i32::from(contract::SIDECAR_PROXY_PORT)
+        );
+        let app = spec
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .expect("app container");
+        let app_port = &app.ports.as_deref().expect("app ports")[0];
+        assert_eq!(app_port.container_port, i32::from(port));
+        assert_eq!(
+            app_port.name.as_deref(),
+            Some(contract::app_port_name(port).as_str())
+        );
+        let readiness = app.readiness_probe.as_ref().expect("readinessProbe");
+        assert_eq!(
+            readiness.http_get.as_ref().expect("httpGet").port,
+            IntOrString::Int(i32::from(port)),
+            "the probe names the number now"
+        );
+        let annotations = pod.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(
+            annotations[contract::SIDECAR_VERSION_ANNOTATION],
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(
+            annotations[contract::UPSTREAM_PORT_ANNOTATION],
+            port.to_string()
+        );
+    }
+
+    /// A client-credentials token from the identity provider's token endpoint.
+    pub async fn client_credentials_token(
+        idp: &IdentityProvider,
+        client_id: &str,
+        secret: &str,
+        audience: &str,
+    ) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let url = idp.token_url();
+        let rest = url.strip_prefix("http://").expect("http token URL");
+        let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+        let form = format!(
+            "grant_type=client_credentials&client_id={client_id}&client_secret={secret}&scope={}",
+            format!("{audience}/.default")
+                .replace(':', "%3A")
+                .replace('/', "%2F")
+        );
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("token endpoint");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: \
+             application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send token request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("token response");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .expect("a body");
+        let json: Value = serde_json::from_str(body).expect("token JSON");
+        json["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {response}"))
+            .to_string()
+    }
+
+    fn api_message(result: Result<Pod, kube::Error>) -> String {
+        match result {
+            Err(kube::Error::Api(status)) => status.message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn opt_in_opt_out_exclusions_and_idempotence() {
+        let (client, namespace, _served) = setup("inject").await;
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+
+        let injected = pods
+            .create(&dry_run(), &app_pod("web-1", json!({"app": "web"})))
+            .await
+            .expect("admitted");
+        assert_injected(&injected, "app", 8080);
+        let opted_out = pods
+            .create(
+                &dry_run(),
+                &app_pod(
+                    "web-2",
+                    json!({"app": "web", contract::POD_INJECT_LABEL: "false"}),
+                ),
+            )
+            .await
+            .expect("admitted");
+        assert_eq!(sidecars(&opted_out), 0, "opted out");
+
+        // Idempotent: an injected pod sent again (a copy of one, or a second webhook) keeps
+        // exactly one sidecar and is otherwise unchanged.
+        let mut again = injected.clone();
+        again.metadata = kube::api::ObjectMeta {
+            name: Some("web-3".to_string()),
+            labels: injected.metadata.labels.clone(),
+            annotations: injected.metadata.annotations.clone(),
+            ..Default::default()
+        };
+        let twice = pods.create(&dry_run(), &again).await.expect("admitted");
+        assert_eq!(sidecars(&twice), 1);
+        assert_eq!(
+            serde_json::to_value(&twice.spec).expect("spec"),
+            serde_json::to_value(&injected.spec).expect("spec")
+        );
+
+        // An opted-in pod that cannot be protected is refused, saying what to change.
+        let portless: Pod = from_json(json!({
+            "metadata": {"name": "batch"},
+            "spec": {"containers": [{"name": "job", "image": "example.invalid/job:1"}]},
+        }));
+        let message = api_message(pods.create(&dry_run(), &portless).await);
+        assert!(
+            message.contains("tokengate cannot protect this pod")
+                && message.contains("declare the application's containerPort")
+                && message.contains("tokengate.dev/inject=false"),
+            "{message}"
+        );
+
+        // A namespace that is not opted in: only pods that ask for it.
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let plain = cp.namespace(&client, "plain").await.expect("namespace");
+        let plain_pods = Api::<Pod>::namespaced(client.clone(), &plain);
+        let untouched = plain_pods
+            .create(&dry_run(), &app_pod("web", json!({"app": "web"})))
+            .await
+            .expect("admitted");
+        assert_eq!(sidecars(&untouched), 0);
+        let asked = plain_pods
+            .create(
+                &dry_run(),
+                &app_pod("asked", json!({contract::POD_INJECT_LABEL: "true"})),
+            )
+            .await
+            .expect("admitted");
+        assert_injected(&asked, "app", 8080);
+
+        // Never kube-system or the operator's namespace, whatever the pod asks for.
+        for excluded in ["kube-system", SYSTEM_NAMESPACE] {
+            let pod = Api::<Pod>::namespaced(client.clone(), excluded)
+                .create(
+                    &dry_run(),
+                    &app_pod("asked", json!({contract::POD_INJECT_LABEL: "true"})),
+                )
+                .await
+                .expect("admitted");
+            assert_eq!(sidecars(&pod), 0, "{excluded}");
+        }
+    }
+
+    /// A Service that targets the protected port by name reaches the sidecar (the EndpointSlice
+    /// controller resolves the name on the sidecar init container); one that targets the number
+    /// reaches the application, and the operator reports it as a bypass.
+    #[tokio::test]
+    async fn services_by_name_reach_the_sidecar_and_by_number_are_reported() {
+        let (client, namespace, _served) = setup("endpoints").await;
+        // The EndpointSlice controller skips pods on nodes it does not know.
+        let node: k8s_openapi::api::core::v1::Node =
+            from_json(json!({"metadata": {"name": "tokengate-test-node"}}));
+        apply(&Api::all(client.clone()), "tokengate-test-node", &node)
+            .await
+            .expect("node");
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+        let mut pod = app_pod("web-1", json!({"app": "web"}));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = Some("tokengate-test-node".to_string());
+        }
+        let pod = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("created");
+        assert_injected(&pod, "app", 8080);
+        // As kubelet would report it once running: an address (not loopback, which
+        // EndpointSlices refuse; nothing connects to it here) and Ready.
+        let now = "2026-01-01T00:00:00Z";
+        pods.patch_status(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running", "podIP": "10.244.0.10", "podIPs": [{"ip": "10.244.0.10"}],
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            }})),
+        )
+        .await
+        .expect("mark Ready");
+        let services = Api::<Service>::namespaced(client.clone(), &namespace);
+        for (name, target) in [("by-name", json!("http")), ("by-number", json!(8080))] {
+            let service: Service = from_json(json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": "web"},
+                         "ports": [{"name": "web", "port": 80, "targetPort": target}]},
+            }));
+            services
+                .create(&PostParams::default(), &service)
+                .await
+                .expect("service");
+        }
+        let slices = Api::<EndpointSlice>::namespaced(client.clone(), &namespace);
+        for (service, expected) in [
+            ("by-name", i32::from(contract::SIDECAR_PROXY_PORT)),
+            ("by-number", 8080),
+        ] {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let outcome = wait_until(
+                TIMEOUT,
+                &format!("the EndpointSlice of {service}"),
+                || async {
+                    let selector = format!("kubernetes.io/service-name={service}");
+                    let list = slices
+                        .list(&ListParams::default().labels(&selector))
+                        .await?;
+                    let found = list.items.iter().any(|slice| {
+                        slice.endpoints.as_ref().is_some_and(|e| !e.is_empty())
+                            && slice
+                                .ports
+                                .iter()
+                                .flatten()
+                                .any(|p| p.port == Some(expected))
+                    });
+                    if let Ok(mut seen) = seen.lock() {
+                        *seen = list.items;
+                    }
+                    Ok(found)
+                },
+            )
+            .await;
+            if let Err(err) = outcome {
+                let cp = ControlPlane::shared().await.expect("control plane");
+                panic!(
+                    "{err:#}; EndpointSlices: {:?}\n{}",
+                    seen.lock().map(|s| s.clone()),
+                    cp.log_tails(30)
+                );
+            }
+        }
+
+        let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(
+                    &namespace,
+                    "web",
+                    jwks_spec("web", "https://idp.example/keys"),
+                ),
+            )
+            .await
+            .expect("policy");
+        let (_, message) = wait_condition(&policies, "web", "Bypass", "True").await;
+        assert!(
+            message.contains("Service by-number") && !message.contains("Service by-name"),
+            "{message}"
+        );
+    }
+
+    /// Creates a TokenPolicy through the raw API, for the `Warning` headers of the answer.
+    async fn create_with_warnings(
+        client: &Client,
+        namespace: &str,
+        policy: &TokenPolicy,
+    ) -> (u16, Vec<String>) {
+        let request = http::Request::post(format!(
+            "/apis/tokengate.dev/v1alpha1/namespaces/{namespace}/tokenpolicies"
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(
+            serde_json::to_vec(policy).expect("policy JSON"),
+        ))
+        .expect("request");
+        let response = client.send(request).await.expect("the API server answers");
+        let status = response.status().as_u16();
+        // `Warning: 299 - "text"`, one header per warning.
+        let warnings = response
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| {
+                v.split_once('"')
+                    .map(|(_, rest)| rest.trim_end_matches('"').replace("\\\"", "\""))
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect();
+        let _ = response.into_body().collect().await;
+        (status, warnings)
+    }
+
+    #[tokio::test]
+    async fn invalid_token_policies_are_refused_and_overlaps_warned() {
+        let (client, namespace, _served) = setup("validate").await;
+        let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+        let selector = json!({"matchLabels": {"app": "a"}});
+        let http_keys = json!({"selector": selector,
+            "validateJwt": {"jwksUris": ["http://idp.example/keys"]}});
+        // The validating webhook fails open (Ignore): wait until the API server calls it.
+        wait_until(
+            TIMEOUT,
+            "the API server to call the validating webhook",
+            || async {
+                let dry = PostParams {
+                    dry_run: true,
+                    field_manager: None,
+                };
+                Ok(policies
+                    .create(&dry, &policy(&namespace, "probe", http_keys.clone()))
+                    .await
+                    .is_err())
+            },
+        )
+        .await
+        .expect("validating webhook called");
+
+        let cases = [
+            (
+                "http-keys",
+                http_keys.clone(),
+                "spec.validateJwt.jwksUris[0]: \"http://idp.example/keys\" uses http",
+            ),
+            (
+                "not-a-url",
+                json!({"selector": selector, "validateJwt": {"openidConfigs": [{"url": "idp.example/.well-known/openid-configuration"}]}}),
+                "spec.validateJwt.openidConfigs[0].url: \"idp.example/.well-known/openid-configuration\" is not a URL",
+            ),
+            (
+                "bad-pem",
+                json!({"selector": selector, "validateJwt": {"issuerSigningKeys": [
+                    {"id": "k", "pem": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}]}}),
+                "spec.validateJwt.issuerSigningKeys[0]",
+            ),
+            (
+                "unfit-algorithm",
+                json!({"selector": selector, "validateJwt": {"jwksUris": ["https://idp.example/keys"], "algorithms": ["HS256"]}}),
+                "no configured key can verify HS256",
+            ),
+            (
+                "bad-claim",
+                json!({"selector": selector, "validateJwt": {"jwksUris": ["https://idp.example/keys"],
+                       "requiredClaims": [{"name": "", "values": ["x"]}]}}),
+                "spec.validateJwt.requiredClaims[0].name: claim name is empty",
+            ),
+            (
+                "bad-header",
+                json!({"selector": selector, "validateJwt": {"jwksUris": ["https://idp.example/keys"]},
+                       "forwarding": {"claimsToHeaders": [{"claim": "sub", "header": "X User"}]}}),
+                "spec.forwarding.claimsToHeaders[0].header: \"X User\" is not a valid header name",
+            ),
+            (
+                "bad-secret-ref",
+                json!({"selector": selector, "validateJwt": {"issuerSigningKeys": [
+                    {"id": "h", "secretRef": {"name": "Billing_JWT", "key": "key"}}]}}),
+                "spec.validateJwt.issuerSigningKeys[0].secretRef.name: \"Billing_JWT\" is not a Secret name",
+            ),
+            (
+                "key-file",
+                json!({"selector": selector, "validateJwt": {"issuerSigningKeys": [
+                    {"id": "h", "file": "/keys/h"}]}}),
+                "issuerSigningKeys[0].file: injected sidecars have no key files",
+            ),
+        ];
+        for (name, spec, expected) in cases {
+            match policies
+                .create(&PostParams::default(), &policy(&namespace, name, spec))
+                .await
+            {
+                Err(kube::Error::Api(status)) => {
+                    assert!(
+                        status
+                            .message
+                            .contains(&format!("TokenPolicy {name:?} is invalid"))
+                            && status.message.contains(expected),
+                        "{name}: {}",
+                        status.message
+                    );
+                }
+                other => panic!("{name} must be refused, got {other:?}"),
+            }
+        }
+
+        // Overlapping selectors are admitted with a warning naming the policy that applies.
+        let keys = "https://idp.example/keys";
+        let (status, warnings) = create_with_warnings(
+            &client,
+            &namespace,
+            &policy(&namespace, "first", jwks_spec("orders", keys)),
+        )
+        .await;
+        assert_eq!(status, 201);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut second = jwks_spec("orders", keys);
+        second["selector"] = json!({"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["orders", "shop"]}]});
+        let (status, warnings) =
+            create_with_warnings(&client, &namespace, &policy(&namespace, "second", second)).await;
+        assert_eq!(status, 201);
+        assert!(
+            warnings.iter().any(
+                |w| w.contains("overlaps TokenPolicy \"first\" (app=orders)")
+                    && w.contains(
+                        "\"first\" applies to them (the older one), this policy does not"
+                    )
+            ),
+            "{warnings:?}"
+        );
+    }
+
+    /// A TLS handshake with `127.0.0.1:port`, trusting only `bundle` (PEM): what a new
+    /// connection of the API server would see.
+    async fn handshake(port: u16, bundle: &[u8]) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(bundle) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+        connector
+            .connect(name, stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The caBundle the API server currently trusts for the mutating webhook.
+    async fn configured_bundle(client: &Client) -> Vec<u8> {
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get(MUTATING)
+            .await
+            .expect("configuration")
+            .webhooks
+            .into_iter()
+            .flatten()
+            .next()
+            .and_then(|w| w.client_config.ca_bundle)
+            .map(|b| b.0)
+            .unwrap_or_default()
+    }
+
+    /// Serving certificates are renewed every ~13 s and the CA every ~40 s (the test flags);
+    /// for 75 s pods keep being created and every one is injected, and a fresh TLS client that
+    /// trusts only the configuration's current caBundle always connects.
+    #[tokio::test]
+    async fn certificates_rotate_while_the_api_server_keeps_calling() {
+        let (client, namespace, served) = setup("rotation").await;
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+        let secrets = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        let deadline = Instant::now() + Duration::from_secs(75);
+        let mut admitted = 0;
+        let mut failures = Vec::new();
+        let mut handshakes = 0;
+        let mut serving = std::collections::BTreeSet::new();
+        let mut issuers = std::collections::BTreeSet::new();
+        let mut bundles = std::collections::BTreeSet::new();
+        let mut round = 0u32;
+        while Instant::now() < deadline {
+            round += 1;
+            match pods
+                .create(
+                    &dry_run(),
+                    &app_pod(&format!("p{round}"), json!({"app": "r"})),
+                )
+                .await
+            {
+                Ok(pod) if has_sidecar(&pod) => admitted += 1,
+                other => failures.push(format!("{other:?}")),
+            }
+            if round.is_multiple_of(5) {
+                let bundle = configured_bundle(&client).await;
+                match handshake(served.replica.port, &bundle).await {
+                    Ok(()) => handshakes += 1,
+                    Err(err) => failures.push(format!("handshake: {err}")),
+                }
+                bundles.insert(bundle);
+                let secret = secrets.get(TLS_SECRET).await.expect("TLS Secret");
+                let data = secret.data.unwrap_or_default();
+                serving.insert(data.get("tls.crt").map(|v| v.0.clone()));
+                let state: Value = data
+                    .get("rotation.json")
+                    .and_then(|v| serde_json::from_slice(&v.0).ok())
+                    .unwrap_or_default();
+                issuers.insert(state["serving"]["issuer"].as_str().map(str::to_string));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "{admitted} admissions and {handshakes} handshakes across {} serving certificates, \
+             {} signing CAs and {} caBundles",
+            serving.len(),
+            issuers.len(),
+            bundles.len()
+        );
+        assert!(
+            failures.is_empty(),
+            "{} failures: {failures:?}",
+            failures.len()
+        );
+        assert!(
+            serving.len() >= 4,
+            "serving certificates seen: {}",
+            serving.len()
+        );
+        assert!(issuers.len() >= 2, "signing CAs seen: {issuers:?}");
+        let admin = served
+            .replica
+            .admin
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let metrics = admin_get(admin, "/metrics").await;
+        assert!(
+            metrics.contains("tokengate_admission_total{result=\"injected\",webhook=\"inject\"}"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("tokengate_admission_duration_seconds_bucket"));
+    }
+
+    /// `failurePolicy: Fail`: with no replica answering, pods of an opted-in namespace are
+    /// refused instead of running without their sidecar; pods that opted out are not sent.
+    #[tokio::test]
+    async fn pods_are_refused_while_no_replica_serves_the_webhook() {
+        let (client, namespace, served) = setup("down").await;
+        let replica = served.replica;
+        drop(served);
+        let _alone = IN_USE.write().await;
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+        if let Some(mut process) = replica.process.lock().await.take() {
+            process.kill();
+        }
+        let message = api_message(
+            pods.create(&dry_run(), &app_pod("web", json!({"app": "web"})))
+                .await,
+        );
+        assert!(
+            message.contains("failed calling webhook")
+                && message.contains("namespace.inject.tokengate.dev"),
+            "{message}"
+        );
+        let opted_out = pods
+            .create(
+                &dry_run(),
+                &app_pod("out", json!({contract::POD_INJECT_LABEL: "false"})),
+            )
+            .await
+            .expect("an opted-out pod is not sent to the webhook");
+        assert_eq!(sidecars(&opted_out), 0);
+
+        // The validating webhook fails open: a policy it would refuse is admitted while no
+        // replica answers, and the operator reports it. The bundle carries it as written:
+        // sidecars skip a file that does not compile and keep their last good version of it,
+        // so a bad edit never unprotects a pod (the sidecar's bundle tests cover that side).
+        let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(
+                    &namespace,
+                    "unfit",
+                    json!({"selector": {"matchLabels": {"app": "web"}},
+                           "validateJwt": {"jwksUris": ["https://127.0.0.1:9/keys"],
+                                           "algorithms": ["HS256"]}}),
+                ),
+            )
+            .await
+            .expect("admitted while the validating webhook is down");
+        let (reason, message) = wait_condition(&policies, "unfit", "Ready", "False").await;
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(
+            message.contains("no configured key can verify HS256"),
+            "{message}"
+        );
+        let bundle = config_map_data(&client, &namespace)
+            .await
+            .unwrap_or_default();
+        assert!(
+            bundle.contains_key(&contract::policy_file_name("unfit")),
+            "{:?}",
+            bundle.keys()
+        );
+
+        // Back: the same address, the same Secret's certificate.
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let (process, admin) = spawn_replica(cp, &client, "webhook-a", replica.port)
+            .await
+            .expect("replica restarted");
+        replica
+            .admin
+            .store(admin, std::sync::atomic::Ordering::Relaxed);
+        *replica.process.lock().await = Some(process);
+        wait_until_injecting(&client, &namespace).await;
+    }
+
+    /// Bucket counts of a Prometheus histogram (summed over the series whose labels contain every
+    /// one of `labels`), by upper bound.
+    fn buckets(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<String, f64> {
+        let mut found = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&format!("{metric}_bucket{{")) else {
+                continue;
+            };
+            if !labels.iter().all(|l| rest.contains(l)) {
+                continue;
+            }
+            let Some((series, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Some(le) = series
+                .split("le=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+            else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            *found.entry(le.to_string()).or_insert(0.0) += value;
+        }
+        found
+    }
+
+    /// A quantile from the growth of a histogram between two snapshots, interpolating linearly
+    /// inside the bucket it falls in (the estimate Prometheus' `histogram_quantile` makes).
+    fn quantile(
+        before: &BTreeMap<String, f64>,
+        after: &BTreeMap<String, f64>,
+        q: f64,
+    ) -> Option<f64> {
+        let mut bounds: Vec<(f64, f64)> = after
+            .iter()
+            .map(|(le, count)| {
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
+                (bound, count - before.get(le).copied().unwrap_or(0.0))
+            })
+            .collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = bounds.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut previous = (0.0, 0.0);
+        for (bound, count) in bounds {
+            if count >= rank {
+                if bound.is_infinite() {
+                    return Some(previous.0);
+                }
+                let share = (rank - previous.1) / (count - previous.1).max(f64::MIN_POSITIVE);
+                return Some(previous.0 + (bound - previous.0) * share);
+            }
+            previous = (bound, count);
+        }
+        None
+    }
+
+    fn percentile(sorted: &[Duration], q: f64) -> Duration {
+        let index = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        sorted[index.min(sorted.len() - 1)]
+    }
+
+    async fn create_pods(
+        client: &Client,
+        namespace: &str,
+        n: usize,
+        labels: Value,
+    ) -> (Vec<Duration>, usize) {
+        use futures_util::StreamExt as _;
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let pods = pods.clone();
+                let pod = app_pod(&format!("pod-{i}"), labels.clone());
+                async move {
+                    let started = Instant::now();
+                    let created = pods
+                        .create(&PostParams::default(), &pod)
+                        .await
+                        .expect("pod created");
+                    (started.elapsed(), has_sidecar(&created))
+                }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        let injected = results.iter().filter(|(_, injected)| *injected).count();
+        let mut latencies: Vec<Duration> = results.into_iter().map(|(d, _)| d).collect();
+        latencies.sort();
+        (latencies, injected)
+    }
+
+    /// Admission latency over 1,000 pod creations, in the webhook and at the API server, and
+    /// the creation time a client sees with and without injection. A measurement, run by hand:
+    /// `cargo test -p tokengate-operator --test cluster -- --ignored --nocapture latency`
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn admission_latency_over_1000_pod_creations() {
+        let (client, namespace, served) = setup("latency").await;
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let plain = cp.namespace(&client, "baseline").await.expect("namespace");
+        let admin = served
+            .replica
+            .admin
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let apiserver_metrics = || async {
+            let request = http::Request::get("/metrics")
+                .body(Vec::new())
+                .expect("request");
+            client
+                .request_text(request)
+                .await
+                .expect("API server metrics")
+        };
+        const WEBHOOK: &str = "tokengate_admission_duration_seconds";
+        const APISERVER: &str = "apiserver_admission_webhook_admission_duration_seconds";
+        let apiserver_labels = [
+            "name=\"namespace.inject.tokengate.dev\"",
+            "operation=\"CREATE\"",
+            "type=\"admit\"",
+        ];
+        let webhook_labels = ["webhook=\"inject\""];
+        let webhook_before = buckets(
+            &admin_get(admin, "/metrics").await,
+            WEBHOOK,
+            &webhook_labels,
+        );
+        let apiserver_before = buckets(&apiserver_metrics().await, APISERVER, &apiserver_labels);
+
+        let (baseline, _) = create_pods(&client, &plain, 1000, json!({"app": "baseline"})).await;
+        let (latencies, injected) =
+            create_pods(&client, &namespace, 1000, json!({"app": "latency"})).await;
+        assert_eq!(injected, 1000, "every pod injected");
+
+        let webhook_after = buckets(
+            &admin_get(admin, "/metrics").await,
+            WEBHOOK,
+            &webhook_labels,
+        );
+        let apiserver_after = buckets(&apiserver_metrics().await, APISERVER, &apiserver_labels);
+        let ms = |seconds: Option<f64>| {
+            seconds.map_or("n/a".to_string(), |s| format!("{:.3} ms", s * 1000.0))
+        };
+        eprintln!(
+            "1,000 pod creations (4 at a time): in the webhook p50 {} p99 {}; at the API server \
+             (apiserver_admission_webhook_admission_duration_seconds) p50 {} p99 {}",
+            ms(quantile(&webhook_before, &webhook_after, 0.5)),
+            ms(quantile(&webhook_before, &webhook_after, 0.99)),
+            ms(quantile(&apiserver_before, &apiserver_after, 0.5)),
+            ms(quantile(&apiserver_before, &apiserver_after, 0.99)),
+        );
+        eprintln!(
+            "pod create as the client sees it: injected p50 {:?} p99 {:?}; not opted in p50 {:?} p99 {:?}",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&baseline, 0.5),
+            percentile(&baseline, 0.99),
+        );
+        eprintln!("webhook buckets: {webhook_before:?} -> {webhook_after:?}");
+        eprintln!("API server buckets: {apiserver_before:?} -> {apiserver_after:?}");
+        for namespace in [&namespace, &plain] {
+            let _ = Api::<Namespace>::all(client.clone())
+                .delete(namespace, &DeleteParams::default())
+                .await;
+        }
+    }
 }
 
 /// SIGTERM ends the operator within a bounded time even when the API server has gone away: it

@@ -34,6 +34,17 @@ impl ClaimPath {
         &self.name
     }
 
+    /// The top-level claims [`resolve`](Self::resolve) may read: the literal name and, for a
+    /// dotted path, its first segment.
+    pub fn top_level_names(&self) -> impl Iterator<Item = &str> {
+        let first = self
+            .segments
+            .first()
+            .filter(|first| **first != self.name)
+            .map(String::as_str);
+        std::iter::once(self.name.as_str()).chain(first)
+    }
+
     /// The literal top-level claim wins over a dotted path, so claims whose names contain dots
     /// (URIs, as some identity providers use) still resolve.
     pub fn resolve<'a>(&self, claims: &'a serde_json::Map<String, Value>) -> Option<&'a Value> {
@@ -231,6 +242,23 @@ mod tests {
                 claim: "realm_access.groups".into()
             })
         );
+    }
+
+    #[test]
+    fn top_level_names_cover_what_resolve_reads() {
+        let names = |path: &str| {
+            ClaimPath::parse(path)
+                .expect("path")
+                .top_level_names()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("sub"), ["sub"]);
+        assert_eq!(
+            names("realm_access.roles"),
+            ["realm_access.roles", "realm_access"]
+        );
+        assert_eq!(names("a..b"), ["a..b"]);
     }
 
     #[test]

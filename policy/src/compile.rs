@@ -12,11 +12,11 @@ use crate::claims::{ClaimPath, ClaimRequirement};
 use crate::document::TokenPolicyDocument;
 use crate::entra::{self, Authority, EntraRules, TokenVersion};
 use crate::keys::VerificationKey;
-use crate::routes::CompiledRule;
+use crate::routes::{CompiledRule, RouteTable};
 use crate::selector::LabelSelector;
 use crate::spec::{
-    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, SigningKey, TokenPolicySpec, ValidateAzureAdToken,
-    ValidateJwt,
+    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, KeySelection, SigningKey, TokenPolicySpec,
+    UnderscoreHeaders, ValidateAzureAdToken, ValidateJwt,
 };
 
 /// Longest clock skew accepted; beyond it `exp` stops meaning much.
@@ -48,7 +48,28 @@ pub struct CompiledPolicy {
     pub failed_validation: FailedValidation,
     pub forward_token: bool,
     pub claims_to_headers: Vec<ClaimHeader>,
-    pub rules: Vec<CompiledRule>,
+    /// The rules with the path normalisation they are matched under.
+    pub rules: RouteTable,
+    pub requests: RequestRules,
+}
+
+/// How the proxy reads a request before judging it (besides paths, which live with the rules).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRules {
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Lower-case `Upgrade` protocol names passed to the application; never `h2c`.
+    pub upgrades: Vec<String>,
+    pub bypass_cors_preflight: bool,
+}
+
+impl Default for RequestRules {
+    fn default() -> Self {
+        Self {
+            headers_with_underscores: UnderscoreHeaders::default(),
+            upgrades: vec!["websocket".to_owned()],
+            bypass_cors_preflight: false,
+        }
+    }
 }
 
 /// Where the token is read from, in order.
@@ -110,6 +131,8 @@ pub struct Verification {
     pub required_claims: Vec<ClaimRequirement>,
     pub require_expiration_time: bool,
     pub clock_skew: Duration,
+    /// Which keys a token's signature is checked against when its `kid` names none.
+    pub key_selection: KeySelection,
     /// Microsoft Entra checks (`validateAzureAdToken`). When set, they replace `issuers`, which
     /// is then `Any`, and add the client-application check.
     pub entra: Option<EntraRules>,
@@ -190,7 +213,7 @@ pub fn compile(
     };
     let parts = compiler.spec(&doc.spec);
     match parts {
-        Some((extraction, verification, claims_to_headers, rules))
+        Some((extraction, verification, claims_to_headers, rules, requests))
             if compiler.errors.is_empty() =>
         {
             Ok(CompiledPolicy {
@@ -205,6 +228,7 @@ pub fn compile(
                 forward_token: doc.spec.forwarding.forward_token,
                 claims_to_headers,
                 rules,
+                requests,
             })
         }
         _ => Err(InvalidPolicy {
@@ -253,7 +277,8 @@ type Parts = (
     Extraction,
     Verification,
     Vec<ClaimHeader>,
-    Vec<CompiledRule>,
+    RouteTable,
+    RequestRules,
 );
 
 struct Compiler<'f> {
@@ -309,14 +334,56 @@ impl Compiler<'_> {
             }
         };
         let claims_to_headers = self.claims_to_headers(spec, &extraction);
+        let paths = &spec.requests.paths;
         let mut rules = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
-            match CompiledRule::compile(rule) {
+            match CompiledRule::compile_with(rule, paths) {
                 Ok(rule) => rules.push(rule),
                 Err(message) => self.error(format!("spec.rules[{i}]"), message),
             }
         }
-        Some((extraction, verification?, claims_to_headers, rules))
+        let rules = RouteTable {
+            rules,
+            paths: paths.clone(),
+        };
+        let requests = self.requests(spec);
+        Some((
+            extraction,
+            verification?,
+            claims_to_headers,
+            rules,
+            requests,
+        ))
+    }
+
+    fn requests(&mut self, spec: &TokenPolicySpec) -> RequestRules {
+        let requests = &spec.requests;
+        let mut upgrades: Vec<String> = Vec::new();
+        for (i, protocol) in requests.upgrades.iter().enumerate() {
+            let field = format!("spec.requests.upgrades[{i}]");
+            let lower = protocol.to_ascii_lowercase();
+            let name = lower.split('/').next().unwrap_or_default();
+            if lower.split('/').count() > 2 || !lower.split('/').all(is_token_chars) {
+                self.error(
+                    field,
+                    format!("{protocol:?} is not an Upgrade protocol name"),
+                );
+            } else if name == "h2c" || name == "h2" || name == "http" {
+                self.error(
+                    field,
+                    format!(
+                        "{protocol:?} is never allowed: the upgraded connection would carry HTTP requests the sidecar cannot judge"
+                    ),
+                );
+            } else if !upgrades.contains(&lower) {
+                upgrades.push(lower);
+            }
+        }
+        RequestRules {
+            headers_with_underscores: requests.headers_with_underscores,
+            upgrades,
+            bypass_cors_preflight: requests.bypass_cors_preflight,
+        }
     }
 
     fn extraction(&mut self, spec: &TokenPolicySpec) -> Extraction {
@@ -374,9 +441,12 @@ impl Compiler<'_> {
             }
         }
         let mut static_keys = Vec::new();
+        let mut static_key_fields = Vec::new();
         for (i, key) in jwt.issuer_signing_keys.iter().enumerate() {
-            if let Some(key) = self.signing_key(&format!("{base}.issuerSigningKeys[{i}]"), key) {
+            let field = format!("{base}.issuerSigningKeys[{i}]");
+            if let Some(key) = self.signing_key(&field, key) {
                 static_keys.push(key);
+                static_key_fields.push(field);
             }
         }
 
@@ -446,6 +516,10 @@ impl Compiler<'_> {
             }
         }
 
+        if jwt.key_selection == KeySelection::ByKid {
+            self.unnamed_keys_sharing_an_algorithm(&static_keys, &static_key_fields, &algorithms);
+        }
+
         let issuers = if !jwt.issuers.is_empty() {
             for (i, issuer) in jwt.issuers.iter().enumerate() {
                 if issuer.is_empty() {
@@ -479,8 +553,43 @@ impl Compiler<'_> {
             required_claims,
             require_expiration_time: jwt.require_expiration_time,
             clock_skew,
+            key_selection: jwt.key_selection,
             entra: None,
         })
+    }
+
+    /// With `keySelection: ByKid`, two different keys without an `id` that fit one algorithm
+    /// can never verify anything: no `kid` chooses between them.
+    fn unnamed_keys_sharing_an_algorithm(
+        &mut self,
+        keys: &[VerificationKey],
+        fields: &[String],
+        algorithms: &[Algorithm],
+    ) {
+        for (later, key) in keys.iter().enumerate() {
+            if key.kid.is_some() {
+                continue;
+            }
+            let clash = keys[..later]
+                .iter()
+                .enumerate()
+                .find_map(|(earlier, other)| {
+                    let shared = algorithms
+                        .iter()
+                        .find(|alg| key.fits(**alg) && other.fits(**alg))?;
+                    (other.kid.is_none() && other.fingerprint() != key.fingerprint())
+                        .then_some((earlier, shared))
+                });
+            if let Some((earlier, alg)) = clash {
+                self.error(
+                    &fields[later],
+                    format!(
+                        "this key and {} both have no id and both verify {alg:?}: give each an id (tokens name it in their kid), or set keySelection: TryAll",
+                        fields[earlier]
+                    ),
+                );
+            }
+        }
     }
 
     fn validate_azure_ad_token(&mut self, spec: &ValidateAzureAdToken) -> Option<Verification> {
@@ -571,6 +680,8 @@ impl Compiler<'_> {
             required_claims,
             require_expiration_time: true,
             clock_skew: Duration::ZERO,
+            // Entra's tokens always carry a `kid`.
+            key_selection: KeySelection::ByKid,
             entra: Some(EntraRules {
                 authority,
                 tenant,
@@ -905,6 +1016,40 @@ mod tests {
             errs.join("").contains("no configured key can verify HS256"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn key_selection_defaults_to_by_kid_and_unnamed_keys_must_not_compete() {
+        let secret = |byte: u8| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode([byte; 32])
+        };
+        let spec = |selection: &str, second_id: &str| {
+            format!(
+                "  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    algorithms: [HS256]\n    issuerSigningKeys: [{{value: \"{}\"}}, {{{second_id}value: \"{}\"}}]\n{selection}",
+                secret(1),
+                secret(2)
+            )
+        };
+        let errs = errors(&spec("", ""));
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "spec.validateJwt.issuerSigningKeys[1]: this key and spec.validateJwt.issuerSigningKeys[0] both have no id and both verify HS256"
+            )),
+            "{errs:?}"
+        );
+        assert_eq!(errors(&spec("", "id: second, ")), Vec::<String>::new());
+        let policy = compile(&doc(&spec("    keySelection: TryAll\n", "")), &NoFiles)
+            .expect("TryAll accepts keys without ids");
+        assert_eq!(policy.verification.key_selection, KeySelection::TryAll);
+        let policy = compile(&doc(&spec("", "id: second, ")), &NoFiles).expect("compiles");
+        assert_eq!(policy.verification.key_selection, KeySelection::ByKid);
+        // The same key twice is one key.
+        let same = format!(
+            "  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    algorithms: [HS256]\n    issuerSigningKeys: [{{value: \"{0}\"}}, {{value: \"{0}\"}}]\n",
+            secret(1)
+        );
+        assert_eq!(errors(&same), Vec::<String>::new());
     }
 
     const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";

@@ -28,8 +28,32 @@ pub const NAMESPACE_INJECTION_LABEL: &str = "tokengate.dev/injection";
 pub const INJECTION_ENABLED: &str = "enabled";
 /// Pod label: `true` opts a pod in, `false` opts it out (over the namespace's label).
 pub const POD_INJECT_LABEL: &str = "tokengate.dev/inject";
-/// Pod annotation naming the protected ports (numbers or names, comma-separated).
+/// Pod annotation naming the protected port (a containerPort's number or name). The sidecar
+/// protects one port per pod.
 pub const PORTS_ANNOTATION: &str = "tokengate.dev/ports";
+/// Annotation the webhook puts on every pod it injects: the sidecar's version, so that checks
+/// can find pods still running an old one.
+pub const SIDECAR_VERSION_ANNOTATION: &str = "tokengate.dev/sidecar-version";
+/// Annotation the webhook puts on every pod it injects: the number of the application port the
+/// sidecar forwards to (the protected port, whatever [`PORTS_ANNOTATION`] called it).
+pub const UPSTREAM_PORT_ANNOTATION: &str = "tokengate.dev/upstream-port";
+
+/// Name of the sidecar's proxy port when the protected port had no name to take over.
+pub const SIDECAR_PROXY_PORT_NAME: &str = "tokengate-proxy";
+/// Name of the sidecar's admin port.
+pub const SIDECAR_ADMIN_PORT_NAME: &str = "tokengate-admin";
+/// Path of the sidecar's liveness endpoint on [`SIDECAR_ADMIN_PORT`].
+pub const SIDECAR_LIVE_PATH: &str = "/live";
+/// Path of the sidecar's readiness endpoint on [`SIDECAR_ADMIN_PORT`] (200 once its keys can
+/// verify tokens).
+pub const SIDECAR_READY_PATH: &str = "/ready";
+
+/// The new name of the application's protected port once the sidecar has taken its name over:
+/// Services that target the old name reach the sidecar, and nothing reaches the application by
+/// name any more. Valid as a port name (at most 15 characters).
+pub fn app_port_name(port: u16) -> String {
+    format!("app-{port}")
+}
 
 /// The bundle as the sidecar sees it: the directory given to `run --bundle`. Below it,
 /// [`BUNDLE_POLICIES_DIR`] holds [`POLICIES_CONFIG_MAP`] and [`BUNDLE_KEYS_DIR`] holds
@@ -94,6 +118,19 @@ mod tests {
         for bad in ["", "..", "../x", "a/b", "a\\b", "a b", "ä"] {
             assert!(!is_valid_key_file_part(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn renamed_app_ports_are_valid_port_names() {
+        for port in [1, 80, 8080, u16::MAX] {
+            let name = app_port_name(port);
+            assert!(name.len() <= 15, "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            );
+        }
+        assert!(SIDECAR_PROXY_PORT_NAME.len() <= 15 && SIDECAR_ADMIN_PORT_NAME.len() <= 15);
     }
 
     #[test]

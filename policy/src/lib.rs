@@ -14,12 +14,12 @@ pub mod status;
 
 pub use compile::{
     CompiledPolicy, Extraction, FieldError, InvalidPolicy, IssuerRule, KeyFiles, RemoteKeySource,
-    Verification, compile, remote_key_sources, validate,
+    RequestRules, Verification, compile, remote_key_sources, validate,
 };
 pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
 pub use keys::{KeyError, VerificationKey};
 pub use selector::LabelSelector;
-pub use spec::{TokenPolicy, TokenPolicySpec};
+pub use spec::{KeySelection, TokenPolicy, TokenPolicySpec};
 pub use status::TokenPolicyStatus;
 
 /// Re-exported so users of the model name algorithms with the same type.

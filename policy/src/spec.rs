@@ -85,6 +85,12 @@ pub struct TokenPolicySpec {
     /// Make the application reachable only through the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_access: Option<PrivateAccess>,
+
+    /// How requests are read before they are judged: path normalisation, headers with
+    /// underscores, protocol upgrades, CORS preflights. The application receives the request
+    /// exactly as it was judged; what cannot be made unambiguous is refused with 400.
+    #[serde(default, skip_serializing_if = "Requests::is_default")]
+    pub requests: Requests,
 }
 
 /// Where the token is read from. Sources are tried in order: header, query parameter, cookie.
@@ -203,6 +209,31 @@ pub struct ValidateJwt {
     /// Tolerance for `exp`, `nbf` and `iat`, e.g. `30s` or `2m` (APIM `clock-skew`).
     #[serde(default, skip_serializing_if = "HumanDuration::is_zero")]
     pub clock_skew: HumanDuration,
+
+    /// How the key that verifies a token is found. `ByKid` (default): the token's `kid` names
+    /// it; a token without a `kid`, or whose `kid` names no key (keys given without an `id`
+    /// then serve), is checked only when exactly one key fits its algorithm, and refused with
+    /// `TokenSignatureKeyNotFound` otherwise. `TryAll`: such a token is checked against every
+    /// key that fits, as APIM does, at most 4, so one forged token never costs more than 4
+    /// signature checks.
+    #[serde(default, skip_serializing_if = "KeySelection::is_default")]
+    pub key_selection: KeySelection,
+}
+
+/// How the key that verifies a token is found (`validateJwt.keySelection`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeySelection {
+    // By the token's `kid`; without one, only when a single key fits.
+    #[default]
+    ByKid,
+    // Every key that fits, at most 4 (APIM's behaviour for tokens without a `kid`).
+    TryAll,
+}
+
+impl KeySelection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn yes() -> bool {
@@ -269,8 +300,8 @@ pub struct OpenIdConfig {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SigningKey {
-    /// Key id matched against the token's `kid`. Tokens without a `kid` try every key whose
-    /// type fits their algorithm.
+    /// Key id matched against the token's `kid`. A token without a `kid` verifies with the one
+    /// key that fits its algorithm; when several fit, `keySelection` decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 
@@ -435,7 +466,8 @@ pub struct Rule {
     /// matches `/public` and everything below it).
     pub paths: Vec<String>,
 
-    /// Methods this rule matches. Empty: every method.
+    /// Methods this rule matches, compared case-insensitively; `GET` also covers `HEAD`,
+    /// which servers answer with the `GET` handler. Empty: every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
 
@@ -455,6 +487,143 @@ pub enum Authentication {
     Required,
     Optional,
     Disabled,
+}
+
+/// How requests are read before they are judged and forwarded.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Requests {
+    /// Path normalisation (Envoy's options). Rules match the normalised path, and the
+    /// application receives that same path.
+    #[serde(default, skip_serializing_if = "PathNormalization::is_default")]
+    pub paths: PathNormalization,
+
+    /// Headers whose names contain `_`, which CGI-style servers (PHP, WSGI, Rack) merge with
+    /// the `-` spelling: `Drop` (default, as nginx and gunicorn do) removes them, `Reject`
+    /// refuses the request with 400, `Keep` forwards them (the spellings of the headers the
+    /// sidecar writes are removed in any case).
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
+
+    /// Protocol upgrades passed to the application, by `Upgrade` token (case-insensitive).
+    /// Default `[websocket]`; `[]` allows none. `h2c` is never allowed: the upgraded
+    /// connection would carry HTTP/2 requests the sidecar cannot judge. Other upgrade requests
+    /// are forwarded as plain requests without their `Upgrade` header.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+
+    /// Let CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, no
+    /// body) through without a token, as Envoy's `bypass_cors_preflight` does, so a browser
+    /// can ask before it sends the token. Default false: preflights are judged like any other
+    /// request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_cors_preflight: bool,
+}
+
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Self {
+            paths: PathNormalization::default(),
+            headers_with_underscores: UnderscoreHeaders::default(),
+            upgrades: default_upgrades(),
+            bypass_cors_preflight: false,
+        }
+    }
+}
+
+impl Requests {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How request paths are normalised. Dot segments (`.`, `..`, also percent-encoded) are always
+/// resolved and percent-encoded unreserved characters always decoded; these options decide the
+/// rest. The defaults refuse what application servers disagree about.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathNormalization {
+    /// Merge repeated slashes (`/a//b` is `/a/b`). Default true.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+
+    /// `%2F` and `%5C` in the path: `Reject` (default) refuses the request with 400;
+    /// `Unescape` decodes them to `/` before normalising; `Keep` leaves them encoded, as data
+    /// inside a segment, only for applications that never decode them into separators.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+
+    /// `\` in the path: `Reject` (default); `Slash` reads it as `/`, as Windows servers and
+    /// some frameworks do; `Keep` forwards it as data.
+    #[serde(default)]
+    pub backslashes: Backslashes,
+
+    /// `;` in the path (matrix or path parameters; `/public/..;/admin` is `/admin` to a
+    /// servlet container): `Reject` (default) refuses the request (also `%3B`); `Strip` removes
+    /// the parameters from every segment, as servlet containers do, and forwards the path
+    /// without them; `Keep` forwards them as data.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+
+    /// Compare rule paths case-sensitively. Default true; set false when the application
+    /// routes paths without regard to case (ASP.NET Core, Express by default), so that `/ADMIN`
+    /// meets the rule written for `/admin`.
+    #[serde(default = "yes")]
+    pub case_sensitive: bool,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+            backslashes: Backslashes::default(),
+            path_parameters: PathParameters::default(),
+            case_sensitive: true,
+        }
+    }
+}
+
+impl PathNormalization {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    #[default]
+    Reject,
+    Unescape,
+    Keep,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backslashes {
+    #[default]
+    Reject,
+    Slash,
+    Keep,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PathParameters {
+    #[default]
+    Reject,
+    Strip,
+    Keep,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    #[default]
+    Drop,
+    Reject,
+    Keep,
 }
 
 /// Make the application reachable only through the sidecar.

@@ -1,6 +1,6 @@
-//! Validation cost per token: signature and claim checks, no network; cold (full
-//! verification) and through the verified-token cache (a hit: digest, lookup, key and time
-//! rechecks).
+//! Validation cost per token: signature and claim checks, no network; cold (parsing and full
+//! verification) and through the gate with its verified-token cache (a hit: route, extraction,
+//! digest, lookup, key and time rechecks).
 
 use std::hint::black_box;
 
@@ -9,9 +9,12 @@ use jsonwebtoken::Algorithm;
 use std::sync::Arc;
 use tokengate_keys::{KeyView, SourceKeys};
 use tokengate_policy::{KeyFiles, compile, parse_documents};
+use tokengate_sidecar::gate::{Decision, Gate, Startup, StartupMode};
 use tokengate_sidecar::metrics::Metrics;
-use tokengate_sidecar::token_cache::{Lookup, TokenCache};
-use tokengate_sidecar::verify::{NoTrace, verify};
+use tokengate_sidecar::token::ParsedToken;
+use tokengate_sidecar::token_cache::TokenCache;
+use tokengate_sidecar::trace::NoTrace;
+use tokengate_sidecar::verify::verify;
 use tokengate_testkit::idp::{EntraTokenVersion, IdentityProvider, KeyFamily};
 
 struct NoFiles;
@@ -44,36 +47,47 @@ fn bench_verify(c: &mut Criterion) {
         static_keys: &policy.verification.static_keys,
         remote: Vec::new(),
     };
+    let keys = tokengate_keys::KeyCache::new(
+        tokengate_keys::KeySettings::default(),
+        Arc::clone(&metrics.keys),
+        None,
+    )
+    .expect("key cache");
+    let gate = Gate::with(
+        keys,
+        TokenCache::new(10_000, &metrics),
+        Startup::new(StartupMode::FailClosed, std::time::Duration::ZERO),
+    );
+    gate.apply_policy(policy.clone());
+    // The gate's decisions on this thread, without a scheduler hop.
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let token = idp.token(alg);
         // Taken after minting: the token's nbf is its minting second.
         let now = tokengate_sidecar::gate::unix_now() + 1.0;
-        let verified =
-            verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
+        let parse_and_verify = |token: &str| {
+            let parsed = ParsedToken::parse(token)?;
+            verify(&parsed, &policy.verification, &view, now, &mut NoTrace)
+        };
+        parse_and_verify(&token).expect("token verifies");
         c.bench_function(&format!("verify {alg:?} cold"), |b| {
-            b.iter(|| {
-                verify(
-                    black_box(&token),
-                    &policy.verification,
-                    &view,
-                    now,
-                    &mut NoTrace,
-                )
-            })
+            b.iter(|| parse_and_verify(black_box(&token)))
         });
-        let cache = TokenCache::new(10_000, &metrics);
-        match cache.lookup(1, &token, &policy.verification, &view, now) {
-            Lookup::Miss(Some(key)) => cache.insert(key, Arc::new(verified)),
-            _ => panic!("an empty cache misses"),
-        }
-        c.bench_function(&format!("verify {alg:?} cached"), |b| {
-            b.iter(
-                || match cache.lookup(1, black_box(&token), &policy.verification, &view, now) {
-                    Lookup::Hit(verified) => verified,
-                    _ => panic!("a cached token hits"),
-                },
-            )
-        });
+        let request = http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let decide = || match local.block_on(gate.decide(black_box(&request))) {
+            Decision::Allow(permit) => permit,
+            Decision::Deny(refusal) => panic!("refused: {}", refusal.rejection),
+        };
+        decide();
+        c.bench_function(&format!("gate {alg:?} cached"), |b| b.iter(decide));
     }
 }
 
@@ -108,17 +122,13 @@ fn bench_verify_entra(c: &mut Criterion) {
     claims["roles"] = serde_json::json!(["Orders.Read"]);
     let token = idp.sign(Algorithm::RS256, &claims);
     let now = tokengate_sidecar::gate::unix_now() + 1.0;
-    verify(&token, &policy.verification, &view, now, &mut NoTrace).expect("token verifies");
+    let parse_and_verify = |token: &str| {
+        let parsed = ParsedToken::parse(token)?;
+        verify(&parsed, &policy.verification, &view, now, &mut NoTrace)
+    };
+    parse_and_verify(&token).expect("token verifies");
     c.bench_function("verify RS256 entra v2.0", |b| {
-        b.iter(|| {
-            verify(
-                black_box(&token),
-                &policy.verification,
-                &view,
-                now,
-                &mut NoTrace,
-            )
-        })
+        b.iter(|| parse_and_verify(black_box(&token)))
     });
 }
 

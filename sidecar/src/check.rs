@@ -1,18 +1,18 @@
 //! `tokengate-sidecar check`: the decision for one token, explained check by check.
+//!
+//! The token goes into a request as the policy's token header would carry it, and that request
+//! is judged by the proxy's own decision function, with a tracer that writes each step down.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokengate_policy::CompiledPolicy;
 use tokengate_policy::entra::{EntraRules, TenantRule};
-use tokengate_policy::routes::route;
-use tokengate_policy::spec::Authentication;
+use tokengate_policy::{CompiledPolicy, Extraction};
 
-use crate::gate::{ActivePolicy, Gate};
-use crate::reject::{Rejection, Stage, rejection_response};
-use crate::verify::{Trace, claim_rejection};
+use crate::gate::{Decision, Gate, Refusal};
+use crate::trace::Trace;
 use tokengate_keys::KeyCache;
 
 /// Collects the checks as lines of text.
@@ -22,7 +22,7 @@ pub struct Explanation {
 }
 
 impl Trace for Explanation {
-    fn step(&mut self, check: &'static str, passed: bool, message: String) {
+    fn step(&mut self, check: &'static str, passed: bool, message: std::fmt::Arguments<'_>) {
         let mark = if passed { "pass" } else { "FAIL" };
         self.lines.push(format!("  [{mark}] {check}: {message}"));
     }
@@ -44,13 +44,9 @@ pub async fn check(
 ) -> CheckReport {
     let mut text = String::new();
     let _ = writeln!(text, "policy: {}", policy.name);
-    let sources = keys.sources(&policy.verification.remote_sources);
-    keys.fetch_all(&sources).await;
-    let active = ActivePolicy {
-        policy,
-        sources,
-        version: 0,
-    };
+    let gate = Gate::new(Arc::clone(&keys));
+    let active = gate.apply_policy(policy);
+    keys.fetch_all(&active.sources).await;
     let _ = writeln!(
         text,
         "keys: {} static",
@@ -96,60 +92,33 @@ pub async fn check(
     }
     describe_token(&mut text, token);
 
-    let route = route(&active.policy.rules, method, path);
-    let rule = route
-        .rule
-        .map_or_else(|| "no rule matched".to_owned(), |i| format!("rules[{i}]"));
-    let _ = writeln!(
-        text,
-        "route: {method} {path} -> {:?} ({rule})",
-        route.authentication
-    );
-    if route.authentication == Authentication::Disabled {
-        let _ = writeln!(
-            text,
-            "decision: ALLOW (authentication disabled on this route)"
-        );
-        return CheckReport {
-            allowed: true,
-            text,
-        };
-    }
-
-    let gate = Gate::new(Arc::clone(&keys));
-    let mut explanation = Explanation::default();
-    let mut result = gate.verify(&active, token, &mut explanation).await;
-    if let Ok(verified) = &result {
-        for requirement in route.required_claims {
-            if let Err(failure) = requirement.check(&verified.claims) {
-                let mut rejection = claim_rejection(failure);
-                rejection.stage = Stage::Authorization;
-                explanation.step("route claim", false, rejection.to_string());
-                result = Err(rejection);
-                break;
-            }
-            explanation.step(
-                "route claim",
-                true,
-                format!("{} satisfied", requirement.path.as_str()),
-            );
+    let request = match request_carrying(&active.policy.extraction, token, method, path) {
+        Ok(request) => request,
+        Err(problem) => {
+            let _ = writeln!(text, "decision: cannot form the request: {problem}");
+            return CheckReport {
+                allowed: false,
+                text,
+            };
         }
-    }
+    };
+    let mut explanation = Explanation::default();
+    let decision = gate.decide_traced(&request, &mut explanation).await;
     text.push_str("checks:\n");
     for line in &explanation.lines {
         text.push_str(line);
         text.push('\n');
     }
-    match result {
-        Ok(_) => {
-            let _ = writeln!(text, "decision: ALLOW");
+    match decision {
+        Decision::Allow(permit) => {
+            let _ = writeln!(text, "decision: ALLOW ({})", permit.basis.as_str());
             CheckReport {
                 allowed: true,
                 text,
             }
         }
-        Err(rejection) => {
-            describe_rejection(&mut text, &rejection, &active);
+        Decision::Deny(refusal) => {
+            describe_rejection(&mut text, &refusal);
             CheckReport {
                 allowed: false,
                 text,
@@ -158,12 +127,32 @@ pub async fn check(
     }
 }
 
-fn describe_rejection(text: &mut String, rejection: &Rejection, active: &ActivePolicy) {
-    let response = rejection_response(rejection, Some(&active.policy.failed_validation));
+/// `method path` with the token where the policy reads it first: its header, after its scheme.
+fn request_carrying(
+    extraction: &Extraction,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> Result<http::request::Parts, String> {
+    let value = match &extraction.scheme {
+        Some(scheme) => format!("{scheme} {token}"),
+        None => token.to_owned(),
+    };
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(extraction.header.as_str(), value)
+        .body(())
+        .map_err(|err| err.to_string())?;
+    Ok(request.into_parts().0)
+}
+
+fn describe_rejection(text: &mut String, refusal: &Refusal) {
+    let response = refusal.response();
     let _ = writeln!(
         text,
         "decision: DENY {} ({})",
-        rejection.reason, rejection.detail
+        refusal.rejection.reason, refusal.rejection.detail
     );
     let _ = writeln!(text, "response: HTTP {}", response.status().as_u16());
     if let Some(challenge) = response.headers().get(http::header::WWW_AUTHENTICATE)

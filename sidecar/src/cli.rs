@@ -117,6 +117,21 @@ pub struct RunArgs {
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Time a new client connection has to start its first request, protocol detection
+    /// included (a connection that sends nothing, or only the HTTP/2 preface, is closed).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+
+    /// Time a client connection may stay open with no request in flight.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Client connections held at most; new ones beyond are closed at once, and from 80% of
+    /// it on idle and new connections get 1s until fewer remain. Lowered to what the
+    /// descriptor limit allows (the soft limit is raised to the hard one at start).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+
     /// Time allowed to connect to the application.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_connect_timeout: Duration,
@@ -205,6 +220,9 @@ impl RunArgs {
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: self.max_header_bytes,
                 drain_timeout: self.drain_timeout,
+                first_request_timeout: self.first_request_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
             },
             extra_ca: self.keys.extra_ca_file,
             reload_interval: self.reload_interval,

@@ -2,9 +2,13 @@
 //! the semantics of Azure API Management's `validate-jwt` before the request reaches the
 //! application beside it.
 
+pub mod active;
+pub mod authenticate;
+pub mod boundary;
 pub mod bundle;
 pub mod check;
 pub mod cli;
+pub mod connections;
 pub mod extract;
 pub mod gate;
 pub mod load;
@@ -13,7 +17,11 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod server;
+#[cfg(test)]
+mod testing;
+pub mod token;
 pub mod token_cache;
+pub mod trace;
 pub mod verify;
 
 pub use reject::{RejectReason, Rejection};

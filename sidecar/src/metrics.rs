@@ -23,6 +23,10 @@ pub struct Metrics {
     /// 1 for each policy that also selects this pod but is not applied (the conflict), with
     /// the one applied instead; empty when there is no conflict.
     pub policy_conflicts: IntGaugeVec,
+    /// Client connections open on the proxy port.
+    pub connections: IntGauge,
+    /// Client connections the sidecar closed itself, by reason.
+    pub connections_closed: IntCounterVec,
 }
 
 /// Validation takes microseconds; the buckets resolve that range and the slow tail of a key
@@ -76,6 +80,17 @@ impl Metrics {
             ),
             &["applied", "ignored"],
         )?;
+        let connections = IntGauge::new(
+            "tokengate_connections",
+            "Client connections open on the proxy port",
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "tokengate_connections_closed_total",
+                "Client connections closed by the sidecar: first_request_timeout, idle_timeout, or shed (over the connection limit)",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -84,6 +99,8 @@ impl Metrics {
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_generation.clone()))?;
         registry.register(Box::new(policy_conflicts.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -94,6 +111,8 @@ impl Metrics {
             policy_reloads,
             policy_generation,
             policy_conflicts,
+            connections,
+            connections_closed,
         })
     }
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
@@ -21,10 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokengate_policy::claims::claim_header_value;
 use tokio::sync::oneshot;
 
-use crate::extract::strip_token;
-use crate::gate::{ActivePolicy, Gate, Permit};
+use crate::active::ActivePolicy;
+use crate::boundary::{self, is_upgrade, remove_hop_by_hop, upgrade_answered};
+use crate::extract::strip_token_sources;
+use crate::gate::{Decision, Gate, Permit, PermitBasis};
 use crate::metrics::Metrics;
-use crate::reject::rejection_response;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -82,11 +83,43 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let (active, decision) = self.gate.decide(&parts).await;
-        let policy_name = active.as_ref().map_or("", |a| a.policy.name.as_str());
+        // The request is put in the form the application will receive before it is judged.
+        let snapshot = self.gate.active();
+        let mut cors_preflight = false;
+        if let Some(snapshot) = &snapshot {
+            match prepare(&mut parts, &snapshot.policy, body.is_end_stream()) {
+                Ok(prepared) => cors_preflight = prepared.cors_preflight,
+                Err(refusal) => return Ok(self.refuse(&snapshot.policy.name, &parts, &refusal)),
+            }
+        }
+        let decision = match &snapshot {
+            Some(snapshot) if cors_preflight => Decision::Allow(Permit {
+                policy: Arc::clone(snapshot),
+                token: None,
+                basis: PermitBasis::AuthenticationDisabled,
+            }),
+            _ => self.gate.decide(&parts).await,
+        };
+        let judged_by = match &decision {
+            Decision::Allow(permit) => Some(&permit.policy),
+            Decision::Deny(refusal) => refusal.policy.as_ref(),
+        };
+        if let Some(judged_by) = judged_by
+            && !snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, judged_by))
+            && !is_prepared(&parts, &judged_by.policy, body.is_end_stream())
+        {
+            // A reload landed between preparing and judging, and the new policy reads this
+            // request differently: what was judged is not what would be forwarded.
+            tracing::info!(policy = %judged_by.policy.name, "policy changed while judging a request");
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+            ));
+        }
         let elapsed = started.elapsed().as_secs_f64();
         match decision {
-            Err(rejection) => {
+            Decision::Deny(refusal) => {
+                let (policy_name, rejection) = (refusal.policy_name(), &refusal.rejection);
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "deny", rejection.reason.as_str()])
@@ -103,10 +136,10 @@ impl Proxy {
                     path = parts.uri.path(),
                     "request refused"
                 );
-                let failed = active.as_ref().map(|a| &a.policy.failed_validation);
-                Ok(rejection_response(&rejection, failed).map(full))
+                Ok(refusal.response().map(full))
             }
-            Ok(permit) => {
+            Decision::Allow(permit) => {
+                let policy_name = permit.policy_name();
                 self.metrics
                     .requests
                     .with_label_values(&[policy_name, "allow", permit.basis.as_str()])
@@ -124,14 +157,44 @@ impl Proxy {
                         "request permitted"
                     );
                 }
-                // `active` is Some whenever a permit exists.
-                let Some(active) = active else {
-                    return Ok(plain(StatusCode::FORBIDDEN, "Forbidden"));
-                };
-                prepare_upstream_request(&mut parts, &active, &permit, peer);
+                prepare_upstream_request(&mut parts, &permit.policy, &permit, peer);
                 Ok(self.forward(parts, body).await)
             }
         }
+    }
+
+    /// The 400 for a request that cannot be made unambiguous.
+    fn refuse(
+        &self,
+        policy_name: &str,
+        parts: &http::request::Parts,
+        refusal: &boundary::Refusal,
+    ) -> Response<ProxyBody> {
+        let reason = refusal.reason();
+        self.metrics
+            .requests
+            .with_label_values(&[policy_name, "deny", reason])
+            .inc();
+        tracing::info!(
+            policy = policy_name,
+            reason,
+            detail = %refusal,
+            method = %parts.method,
+            "request refused before judging"
+        );
+        let body = serde_json::json!({
+            "statusCode": 400,
+            "message": refusal.client_message(),
+            "reason": reason,
+        })
+        .to_string();
+        let mut response = Response::new(full(Bytes::from(body)));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 
     async fn forward(
@@ -140,6 +203,7 @@ impl Proxy {
         body: Incoming,
     ) -> Response<ProxyBody> {
         let upgrade = is_upgrade(&parts.headers).then(|| parts.extensions.remove::<OnUpgrade>());
+        let offered_upgrade = upgrade.is_some().then(|| parts.headers.clone());
         let use_http2 = match self.upstream.protocol {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Http1 => false,
@@ -193,6 +257,14 @@ impl Proxy {
             Ok(Ok(response)) => response,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade the request offered (and the policy allowed) becomes a tunnel.
+            let answered = offered_upgrade
+                .as_ref()
+                .is_some_and(|offered| upgrade_answered(offered, response.headers()));
+            if !answered {
+                tracing::warn!("the application switched protocols without an allowed upgrade");
+                return plain(StatusCode::BAD_GATEWAY, "Bad Gateway");
+            }
             if let Some(Some(downstream)) = upgrade {
                 let upstream = hyper::upgrade::on(&mut response);
                 tokio::spawn(async move {
@@ -273,13 +345,8 @@ fn prepare_upstream_request(
     peer: SocketAddr,
 ) {
     let policy = &active.policy;
-    let upgrade = is_upgrade(&parts.headers);
-    remove_hop_by_hop(&mut parts.headers, upgrade);
-    // Always, even on routes without authentication: only the sidecar writes these.
-    for mapping in &policy.claims_to_headers {
-        parts.headers.remove(mapping.header.as_str());
-    }
-    if let Some((extracted, verified)) = &permit.token {
+    // Hop-by-hop headers and every spelling of the claim headers left before judging.
+    if let Some((_, verified)) = &permit.token {
         for mapping in &policy.claims_to_headers {
             let Some(value) = mapping
                 .claim
@@ -301,14 +368,11 @@ fn prepare_upstream_request(
                 ),
             }
         }
-        if !policy.forward_token {
-            strip_token(
-                &policy.extraction,
-                extracted.location,
-                &mut parts.headers,
-                &mut parts.uri,
-            );
-        }
+    }
+    // A token reaches the application only when it was verified and the policy forwards it:
+    // not on routes without authentication, not from a source other than the one verified.
+    if !(policy.forward_token && permit.token.is_some()) {
+        strip_token_sources(&policy.extraction, &mut parts.headers, &mut parts.uri);
     }
     let forwarded_for = match parts
         .headers
@@ -323,49 +387,45 @@ fn prepare_upstream_request(
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+/// [`boundary::prepare`] on request parts.
+fn prepare(
+    parts: &mut http::request::Parts,
+    policy: &tokengate_policy::CompiledPolicy,
+    body_is_empty: bool,
+) -> Result<boundary::Prepared, boundary::Refusal> {
+    boundary::prepare(
+        &mut parts.method,
+        &mut parts.uri,
+        &mut parts.headers,
+        parts.version,
+        body_is_empty,
+        policy,
+    )
 }
 
-/// RFC 9110 7.6.1: connection-specific headers do not cross a proxy.
-fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
-    ] {
-        headers.remove(name);
-    }
-    // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
-    if !keep_upgrade {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
+/// Whether `policy` would leave prepared request parts as they are.
+fn is_prepared(
+    parts: &http::request::Parts,
+    policy: &tokengate_policy::CompiledPolicy,
+    body_is_empty: bool,
+) -> bool {
+    let (mut method, mut uri, mut headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    boundary::prepare(
+        &mut method,
+        &mut uri,
+        &mut headers,
+        parts.version,
+        body_is_empty,
+        policy,
+    )
+    .is_ok()
+        && method == parts.method
+        && uri == parts.uri
+        && headers == parts.headers
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
@@ -381,42 +441,4 @@ fn plain(status: StatusCode, message: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_but_grpc_te_stays() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        headers.insert("x-private", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert("x-app", HeaderValue::from_static("kept"));
-        remove_hop_by_hop(&mut headers, false);
-        assert!(headers.get("x-private").is_none());
-        assert!(headers.get("keep-alive").is_none());
-        assert!(headers.get(header::CONNECTION).is_none());
-        assert_eq!(
-            headers.get(header::TE).map(|v| v.as_bytes()),
-            Some(&b"trailers"[..])
-        );
-        assert!(headers.get("x-app").is_some());
-    }
-
-    #[test]
-    fn upgrade_headers_survive_an_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&headers));
-        remove_hop_by_hop(&mut headers, true);
-        assert!(headers.get(header::UPGRADE).is_some());
-        assert!(headers.get(header::CONNECTION).is_some());
-    }
 }

@@ -8,14 +8,13 @@
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokengate_policy::CompiledPolicy;
 use tokio::sync::watch;
 
 use crate::bundle;
-use crate::gate::{ActivePolicy, Gate};
+use crate::gate::Gate;
 use crate::load::{load_pod_labels, load_policy_files_watching, select_policy};
 use crate::metrics::Metrics;
 
@@ -155,25 +154,20 @@ fn apply(gate: &Gate, metrics: &Metrics, chosen: Option<CompiledPolicy>, conflic
             "several policies select this pod; the oldest applies"
         );
     }
-    let version = gate.versions.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics
-        .policy_generation
-        .set(i64::try_from(version).unwrap_or(i64::MAX));
-    match chosen {
+    let version = match chosen {
         Some(policy) => {
-            tracing::info!(policy = %policy.name, version, "policy applied");
-            let sources = gate.keys.sources(&policy.verification.remote_sources);
-            gate.active.store(Some(Arc::new(ActivePolicy {
-                policy,
-                sources,
-                version,
-            })));
+            let active = gate.apply_policy(policy);
+            tracing::info!(policy = %active.policy.name, version = active.version, "policy applied");
+            active.version
         }
         None => {
             tracing::warn!("no policy selects this pod; every request is refused with NoPolicy");
-            gate.active.store(None);
+            gate.remove_policy()
         }
-    }
+    };
+    metrics
+        .policy_generation
+        .set(i64::try_from(version).unwrap_or(i64::MAX));
 }
 
 impl PolicyInputs {

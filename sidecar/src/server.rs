@@ -1,5 +1,6 @@
 //! Wiring: listeners for the proxy and the admin port, policy loading, shutdown.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokengate_runtime::{AdminState, Readiness, serve_admin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::connections::{ConnectionLimits, Connections, TrackedBody, connections_that_fit};
 use crate::gate::{Gate, Startup, StartupMode};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamSettings};
@@ -30,6 +32,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time in-flight requests get to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Time a new connection has to start its first request (protocol detection included).
+    pub first_request_timeout: Duration,
+    /// Time a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Client connections held at most (lowered to what the descriptor limit allows).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +46,9 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(25),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
         }
     }
 }
@@ -144,9 +155,22 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
         Arc::clone(&metrics),
         config.upstream,
     ));
+    let connections = Connections::new(
+        ConnectionLimits {
+            first_request_timeout: config.limits.first_request_timeout,
+            idle_timeout: config.limits.idle_timeout,
+            max_connections: connections_that_fit(config.limits.max_connections),
+        },
+        Arc::clone(&metrics),
+    );
+    tracing::info!(
+        max_connections = connections.limits().max_connections,
+        "connection limit"
+    );
     let proxy_task = tokio::spawn(serve_proxy(
         proxy_listener,
         proxy,
+        connections,
         shutdown_rx,
         config.limits,
     ));
@@ -179,6 +203,7 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
 async fn serve_proxy(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) {
@@ -206,17 +231,38 @@ async fn serve_proxy(
                         continue;
                     }
                 };
+                // Over the limit: closed at once, before it costs more than its descriptor.
+                let Some(admission) = connections.admit() else {
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let proxy = Arc::clone(&proxy);
-                let service = service_fn(move |request| Arc::clone(&proxy).handle(request, peer));
+                let activity = Arc::clone(&admission.activity);
+                let service = service_fn(move |request| {
+                    let in_flight = activity.request();
+                    let proxy = Arc::clone(&proxy);
+                    async move {
+                        let response = proxy.handle(request, peer).await?;
+                        Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+                    }
+                });
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+                    tokio::select! {
+                        ended = connection => {
+                            if let Err(err) = ended {
+                                tracing::debug!(error = %err, %peer, "connection ended with an error");
+                            }
+                        }
+                        reason = admission.expired() => {
+                            tracing::debug!(%peer, reason, "closing connection");
+                        }
                     }
+                    drop(admission);
                 });
             }
             _ = shutdown.changed() => break,
@@ -233,10 +279,7 @@ async fn serve_proxy(
 }
 
 fn is_ready(gate: &Gate) -> bool {
-    gate.active
-        .load()
-        .as_ref()
-        .is_some_and(|active| active.keys_ready(&gate.keys))
+    gate.is_ready()
 }
 
 /// What the sidecar's admin port reports.
@@ -258,14 +301,14 @@ impl AdminState for SidecarAdmin {
 /// `/ready`: 200 once some key can verify tokens; the body says what each source is doing,
 /// so `curl /ready` answers "why is my pod not ready".
 fn readiness(gate: &Gate) -> Readiness {
-    let active = gate.active.load_full();
+    let active = gate.active();
     let Some(active) = active else {
         return Readiness {
             ready: false,
             detail: "not ready: no policy selects this pod\n".to_owned(),
         };
     };
-    let max_stale = gate.keys.settings().max_stale;
+    let max_stale = gate.keys().settings().max_stale;
     let mut body = format!(
         "policy {} (version {})\n",
         active.policy.name, active.version
@@ -288,7 +331,7 @@ fn readiness(gate: &Gate) -> Readiness {
             (None, None) => body.push_str(&format!("{}: not fetched yet\n", source.id)),
         }
     }
-    if active.keys_ready(&gate.keys) {
+    if active.keys_ready(gate.keys()) {
         Readiness {
             ready: true,
             detail: format!("ready\n{body}"),

@@ -1,26 +1,20 @@
-//! Verified-token cache: a token that passed every check of a policy version is not verified
-//! again while it stays valid.
+//! Verified-token cache: a plain, bounded store of tokens that passed every check of a policy
+//! version, so they are not verified again while they stay valid.
 //!
-//! Only valid tokens are kept, keyed by the SHA-256 of the token and the policy version, so a
-//! policy change never reuses a decision. A hit rechecks `exp`/`nbf`/`iat` with the policy's
-//! clock skew and that the key which verified the token is still in the key set, so expiry and
-//! key removal apply to cached tokens as to new ones. Route-level claims are checked by the
-//! caller on every request, cached or not. Eviction is S3-FIFO (quick_cache): constant time,
-//! bounded by entry count.
+//! Entries are keyed by the SHA-256 of the token and the policy version, so a policy change
+//! never reuses a decision. The store knows nothing of tokens beyond that key: the
+//! authenticator decides what to keep and rechecks what a hit must still satisfy (times, the
+//! verifying key), and reports each lookup's result here for the metrics. Eviction is S3-FIFO
+//! (quick_cache): constant time, bounded by entry count.
 
 use std::sync::Arc;
 
 use aws_lc_rs::digest::{SHA256, digest};
-use jsonwebtoken::Algorithm;
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
-use tokengate_policy::Verification;
 
 use crate::metrics::Metrics;
-use crate::reject::Rejection;
-use crate::verify::{NoTrace, VerifiedToken, check_times};
-use tokengate_keys::KeyView;
 
 /// Default `--token-cache-entries`.
 pub const DEFAULT_ENTRIES: usize = 10_000;
@@ -28,34 +22,32 @@ pub const DEFAULT_ENTRIES: usize = 10_000;
 /// many ordinary ones.
 pub const MAX_CACHED_TOKEN_BYTES: usize = 8 * 1024;
 
-pub use tokengate_policy::keys::KeyFingerprint;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     version: u64,
     token: [u8; 32],
 }
 
-/// The result of looking a token up.
-pub enum Lookup {
-    /// Verified before, still within its times, its key still trusted.
-    Hit(Arc<VerifiedToken>),
-    /// Verify it; store the result under the key when there is one.
-    Miss(Option<CacheKey>),
-    /// Cached, but its time has passed (or not come): the refusal.
-    Refused(Rejection),
+/// What a lookup came to, as `tokengate_token_cache_total{result}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Served from the cache.
+    Hit,
+    /// Not held, or held but no longer usable as it is (its key left the key set).
+    Miss,
+    /// Held, but its time has passed (or not come): refused.
+    Expired,
 }
 
-type Entries =
-    Cache<CacheKey, Arc<VerifiedToken>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+type Entries<V> = Cache<CacheKey, Arc<V>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
 
-pub struct TokenCache {
+pub struct TokenCache<V> {
     /// `None` when disabled.
-    inner: Option<Inner>,
+    inner: Option<Inner<V>>,
 }
 
-struct Inner {
-    entries: Entries,
+struct Inner<V> {
+    entries: Entries<V>,
     capacity: usize,
     hits: IntCounter,
     misses: IntCounter,
@@ -66,14 +58,14 @@ struct Inner {
 #[derive(Clone)]
 struct CountEvictions(IntCounter);
 
-impl Lifecycle<CacheKey, Arc<VerifiedToken>> for CountEvictions {
+impl<V> Lifecycle<CacheKey, Arc<V>> for CountEvictions {
     type RequestState = u64;
 
     fn begin_request(&self) -> u64 {
         0
     }
 
-    fn on_evict(&self, evicted: &mut u64, _: CacheKey, _: Arc<VerifiedToken>) {
+    fn on_evict(&self, evicted: &mut u64, _: CacheKey, _: Arc<V>) {
         *evicted += 1;
     }
 
@@ -84,7 +76,7 @@ impl Lifecycle<CacheKey, Arc<VerifiedToken>> for CountEvictions {
     }
 }
 
-impl TokenCache {
+impl<V> TokenCache<V> {
     /// A cache of at most `entries` tokens; 0 disables it.
     pub fn new(entries: usize, metrics: &Metrics) -> Self {
         if entries == 0 {
@@ -143,21 +135,11 @@ impl TokenCache {
         self.inner.as_ref().map_or(0, |inner| inner.capacity)
     }
 
-    /// Looks `token` up for policy `version`, rechecking its times against `rules` at `now`
-    /// and its key against `keys`.
-    pub fn lookup(
-        &self,
-        version: u64,
-        token: &str,
-        rules: &Verification,
-        keys: &KeyView<'_>,
-        now: f64,
-    ) -> Lookup {
-        let Some(inner) = &self.inner else {
-            return Lookup::Miss(None);
-        };
-        if token.len() > MAX_CACHED_TOKEN_BYTES {
-            return Lookup::Miss(None);
+    /// Where `token` is kept for policy `version`; `None` when it is never kept (the cache is
+    /// disabled or the token too long).
+    pub fn key(&self, version: u64, token: &str) -> Option<CacheKey> {
+        if self.inner.is_none() || token.len() > MAX_CACHED_TOKEN_BYTES {
+            return None;
         }
         let mut key = CacheKey {
             version,
@@ -165,49 +147,95 @@ impl TokenCache {
         };
         key.token
             .copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
-        let Some(cached) = inner.entries.get(&key) else {
-            inner.misses.inc();
-            return Lookup::Miss(Some(key));
-        };
-        if !key_still_trusted(&cached, keys) {
-            inner.entries.remove(&key);
-            inner.misses.inc();
-            return Lookup::Miss(Some(key));
-        }
-        if let Err(rejection) = check_times(
-            &cached.claims,
-            rules,
-            now,
-            cached.expires_at,
-            cached.not_before,
-            &mut NoTrace,
-        ) {
-            inner.entries.remove(&key);
-            inner.expired.inc();
-            return Lookup::Refused(rejection);
-        }
-        inner.hits.inc();
-        Lookup::Hit(cached)
+        Some(key)
+    }
+}
+
+impl<V: Send + Sync> TokenCache<V> {
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<V>> {
+        self.inner.as_ref()?.entries.get(key)
     }
 
-    /// Keeps a token that passed verification.
-    pub fn insert(&self, key: CacheKey, verified: Arc<VerifiedToken>) {
+    pub fn insert(&self, key: CacheKey, value: Arc<V>) {
         if let Some(inner) = &self.inner {
-            inner.entries.insert(key, verified);
+            inner.entries.insert(key, value);
+        }
+    }
+
+    pub fn remove(&self, key: &CacheKey) {
+        if let Some(inner) = &self.inner {
+            inner.entries.remove(key);
+        }
+    }
+
+    /// Counts a lookup's result.
+    pub fn record(&self, result: LookupResult) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        match result {
+            LookupResult::Hit => inner.hits.inc(),
+            LookupResult::Miss => inner.misses.inc(),
+            LookupResult::Expired => inner.expired.inc(),
         }
     }
 }
 
-/// Whether the key that verified the token would still be tried for it.
-fn key_still_trusted(cached: &VerifiedToken, keys: &KeyView<'_>) -> bool {
-    let Some(fingerprint) = &cached.verified_by else {
-        // Unsigned tokens, accepted by policy: no key involved.
-        return true;
-    };
-    let Ok(alg) = cached.algorithm.parse::<Algorithm>() else {
-        return false;
-    };
-    keys.candidates(cached.kid.as_deref(), alg)
-        .into_iter()
-        .any(|key| key.fingerprint() == fingerprint)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(metrics: &Metrics, result: &str) -> u64 {
+        metrics.token_cache.with_label_values(&[result]).get()
+    }
+
+    #[test]
+    fn keys_depend_on_token_and_version() {
+        let metrics = Metrics::new().expect("metrics");
+        let cache = TokenCache::<u32>::new(64, &metrics);
+        let key = cache.key(1, "a.b.c").expect("kept");
+        assert_eq!(cache.key(1, "a.b.c"), Some(key));
+        assert_ne!(cache.key(2, "a.b.c"), Some(key));
+        assert_ne!(cache.key(1, "a.b.d"), Some(key));
+        assert_eq!(cache.key(1, &"t".repeat(MAX_CACHED_TOKEN_BYTES + 1)), None);
+        assert_eq!(TokenCache::<u32>::disabled().key(1, "a.b.c"), None);
+    }
+
+    #[test]
+    fn stores_removes_and_counts() {
+        let metrics = Metrics::new().expect("metrics");
+        let cache = TokenCache::new(64, &metrics);
+        let key = cache.key(1, "a.b.c").expect("kept");
+        assert!(cache.get(&key).is_none());
+        cache.insert(key, Arc::new(7));
+        assert_eq!(cache.get(&key).as_deref(), Some(&7));
+        cache.remove(&key);
+        assert!(cache.is_empty());
+        for result in [LookupResult::Hit, LookupResult::Miss, LookupResult::Miss] {
+            cache.record(result);
+        }
+        cache.record(LookupResult::Expired);
+        assert_eq!(
+            [
+                counted(&metrics, "hit"),
+                counted(&metrics, "miss"),
+                counted(&metrics, "expired")
+            ],
+            [1, 2, 1]
+        );
+    }
+
+    #[test]
+    fn the_bound_holds_and_evictions_are_counted() {
+        let metrics = Metrics::new().expect("metrics");
+        let cache = TokenCache::new(64, &metrics);
+        assert_eq!(cache.capacity(), 64);
+        for i in 0..200u32 {
+            let key = cache.key(1, &format!("token-{i}")).expect("kept");
+            cache.insert(key, Arc::new(i));
+        }
+        let held = cache.len();
+        assert!((32..=64).contains(&held), "{held}");
+        assert_eq!(counted(&metrics, "evicted") as usize, 200 - held);
+    }
 }

@@ -47,11 +47,13 @@ pub const TEST_NAMESPACE_LABEL: &str = "tokengate.dev/test";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The controllers the tests rely on; without the namespace controller deleted namespaces stay
-/// Terminating, and the root CA publisher feeds the `kube-api-access` volume of every pod.
+/// Terminating, the root CA publisher feeds the `kube-api-access` volume of every pod, and the
+/// EndpointSlice controller shows which container port a Service's (named) target reaches.
 const CONTROLLERS: &[&str] = &[
     "garbage-collector-controller",
     "namespace-controller",
     "deployment-controller",
+    "endpointslice-controller",
     "replicaset-controller",
     "serviceaccount-controller",
     "serviceaccount-token-controller",

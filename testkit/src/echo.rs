@@ -87,14 +87,36 @@ impl EchoRecord {
     }
 }
 
+/// Length of the pattern's ramp: a prime, so misplaced or dropped chunks show.
+const PATTERN_PERIOD: usize = 251;
+
+/// One period of the pattern, built at compile time.
+const PATTERN_RAMP: [u8; PATTERN_PERIOD] = {
+    let mut ramp = [0u8; PATTERN_PERIOD];
+    let mut i = 0;
+    while i < PATTERN_PERIOD {
+        ramp[i] = i as u8;
+        i += 1;
+    }
+    ramp
+};
+
 /// Byte `i` of every `/bytes/{n}` body: a period-251 ramp, so misplaced or dropped chunks show.
 pub fn pattern_byte(i: u64) -> u8 {
-    (i % 251) as u8
+    PATTERN_RAMP[(i % PATTERN_PERIOD as u64) as usize]
 }
 
-/// `len` bytes of the pattern starting at `offset`.
+/// `len` bytes of the pattern starting at `offset`, copied a period at a time: the big-body
+/// tests ask for hundreds of MiB, and a byte at a time costs seconds in an unoptimised build.
 pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|k| pattern_byte(offset + k)).collect()
+    let mut out = Vec::with_capacity(len);
+    let mut start = (offset % PATTERN_PERIOD as u64) as usize;
+    while out.len() < len {
+        let take = (PATTERN_PERIOD - start).min(len - out.len());
+        out.extend_from_slice(&PATTERN_RAMP[start..start + take]);
+        start = 0;
+    }
+    out
 }
 
 /// Lower-case hex SHA-256 of the first `n` bytes of the pattern, computed in chunks.

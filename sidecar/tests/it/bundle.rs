@@ -237,7 +237,7 @@ async fn several_matching_policies_resolve_to_the_oldest_then_by_name() {
         ),
     ]);
     b.eventually("x-b").await;
-    let active = b.bench.sidecar.gate.active.load_full();
+    let active = b.bench.sidecar.gate.active();
     assert_eq!(
         active.map(|a| a.policy.name.clone()).as_deref(),
         Some("zeta")

@@ -190,4 +190,21 @@ fn run_accepts_the_arguments_the_contract_builds() {
         tokengate_sidecar::bundle::KEYS_DIR,
         contract::BUNDLE_KEYS_DIR
     );
+    // The webhook's probes name these paths on the admin port.
+    struct Up;
+    impl tokengate_runtime::AdminState for Up {
+        fn readiness(&self) -> tokengate_runtime::Readiness {
+            tokengate_runtime::Readiness {
+                ready: true,
+                detail: String::new(),
+            }
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+    }
+    for path in [contract::SIDECAR_LIVE_PATH, contract::SIDECAR_READY_PATH] {
+        let response = tokengate_runtime::admin::respond(path, &Up);
+        assert_eq!(response.status(), http::StatusCode::OK, "{path}");
+    }
 }

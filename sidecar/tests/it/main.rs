@@ -5,11 +5,15 @@
 mod support;
 
 mod attacks;
+mod boundary;
 mod bundle;
 mod cli;
+mod connections;
 mod entra;
+mod raw;
 mod reload;
 mod resilience;
+mod secrets;
 mod startup;
 mod streaming;
 mod token_cache;

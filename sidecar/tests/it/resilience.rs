@@ -268,10 +268,12 @@ async fn sigterm_drains_in_flight_requests() {
 /// passed; when a later fetch brings the kid, it is served at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
+    const COOLDOWN: Duration = Duration::from_secs(5);
+    const FETCH_DELAY: Duration = Duration::from_secs(4);
     let bench = std::sync::Arc::new(
         Bench::start_with(jwks, |config| {
-            config.keys.miss_cooldown = Duration::from_secs(2);
-            config.keys.fetch_timeout = Duration::from_secs(5);
+            config.keys.miss_cooldown = COOLDOWN;
+            config.keys.fetch_timeout = FETCH_DELAY * 2;
         })
         .await,
     );
@@ -279,9 +281,10 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
     let token = bench
         .idp
         .sign_with_kid(&kid, Algorithm::RS256, &bench.idp.claims());
-    // A slow provider: the refetch this kid causes takes 1.5s, so the kid is remembered until
-    // about 3.5s while the source may refetch again from 2s on.
-    bench.idp.set_delay(Some(Duration::from_millis(1500)));
+    // A slow provider: the refetch this kid causes takes FETCH_DELAY, so the kid is remembered
+    // until about FETCH_DELAY + COOLDOWN, while the source may refetch again from COOLDOWN on.
+    // The windows are wide so that a busy machine cannot push a step out of its window.
+    bench.idp.set_delay(Some(FETCH_DELAY));
     let before = bench.idp.jwks_fetches();
     let started = Instant::now();
     assert_eq!(
@@ -289,7 +292,7 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
         "TokenSignatureKeyNotFound"
     );
     assert_eq!(bench.idp.jwks_fetches() - before, 1);
-    let until_due = Duration::from_millis(2150).saturating_sub(started.elapsed());
+    let until_due = (COOLDOWN + Duration::from_millis(150)).saturating_sub(started.elapsed());
     tokio::time::sleep(until_due).await;
 
     // Past the source's cooldown, inside the kid's: a flood waits for nothing, fetches nothing.
@@ -306,7 +309,8 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
     }
     let took = flood.elapsed();
     println!("100 requests with a remembered unknown kid answered in {took:?}");
-    assert!(took < Duration::from_millis(500), "{took:?}");
+    // A request that waited on a fetch would take FETCH_DELAY.
+    assert!(took < FETCH_DELAY - Duration::from_millis(500), "{took:?}");
     assert_eq!(
         bench.idp.jwks_fetches() - before,
         1,
@@ -334,7 +338,7 @@ async fn a_kid_unknown_after_a_refetch_is_refused_at_once_for_the_cooldown() {
     let served = started.elapsed();
     println!("published kid served {served:?} after it was first found unknown");
     assert!(
-        served < Duration::from_millis(3500),
+        served < FETCH_DELAY + COOLDOWN,
         "served only after the memory lapsed: {served:?}"
     );
     assert_eq!(

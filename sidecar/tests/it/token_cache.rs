@@ -35,7 +35,7 @@ async fn the_second_request_is_a_hit_and_route_claims_still_apply() {
         Some(format!("Bearer {token}").as_str())
     );
     assert_eq!((cache(&bench, "miss"), cache(&bench, "hit")), (1.0, 1.0));
-    assert_eq!(bench.sidecar.gate.token_cache.len(), 1);
+    assert_eq!(bench.sidecar.gate.token_cache().len(), 1);
 
     // The route's own claim is checked on the cached claims, every time.
     for _ in 0..2 {
@@ -55,7 +55,7 @@ async fn the_second_request_is_a_hit_and_route_claims_still_apply() {
             "TokenAudienceNotAllowed"
         );
     }
-    assert_eq!(bench.sidecar.gate.token_cache.len(), 1);
+    assert_eq!(bench.sidecar.gate.token_cache().len(), 1);
     assert_eq!(cache(&bench, "hit"), 3.0);
 }
 
@@ -85,7 +85,7 @@ async fn a_cached_token_expires_on_time() {
     assert_eq!(cache(&bench, "expired"), 1.0);
     assert_eq!(cache(&bench, "hit"), 1.0);
     assert_eq!(
-        bench.sidecar.gate.token_cache.len(),
+        bench.sidecar.gate.token_cache().len(),
         0,
         "expired entry dropped"
     );
@@ -137,24 +137,12 @@ async fn a_policy_reload_never_reuses_a_decision() {
     assert_eq!((cache(&bench, "miss"), cache(&bench, "hit")), (1.0, 1.0));
 
     // The same token under a new policy version: verified again, against the new policy.
-    let version = bench
-        .sidecar
-        .gate
-        .versions
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let version = bench.sidecar.gate.version();
     let file = bench.dir.path().join("policy.yaml");
     let text = crate::support::manifest("bench", &jwks(&bench.idp))
         .replace(DEFAULT_AUDIENCE, "api://only-this-one");
     std::fs::write(&file, text).expect("policy rewritten");
-    wait_until("reloaded", async || {
-        bench
-            .sidecar
-            .gate
-            .versions
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > version
-    })
-    .await;
+    wait_until("reloaded", async || bench.sidecar.gate.version() > version).await;
     let reply = bench.get_with_token("/", &token).await;
     assert_eq!(reply.reason(), "TokenAudienceNotAllowed");
     assert_eq!((cache(&bench, "miss"), cache(&bench, "hit")), (2.0, 1.0));
@@ -173,7 +161,7 @@ async fn tokens_over_8_kib_are_not_cached() {
             StatusCode::OK
         );
     }
-    assert_eq!(bench.sidecar.gate.token_cache.len(), 0);
+    assert_eq!(bench.sidecar.gate.token_cache().len(), 0);
     assert_eq!(cache(&bench, "hit") + cache(&bench, "miss"), 0.0);
 
     // Just under the limit is cached.
@@ -203,7 +191,7 @@ async fn the_cache_keeps_its_bound_and_zero_disables_it() {
             StatusCode::OK
         );
     }
-    let held = bench.sidecar.gate.token_cache.len();
+    let held = bench.sidecar.gate.token_cache().len();
     println!("64-entry cache after 200 distinct tokens: {held} held");
     assert!((32..=64).contains(&held), "{held} entries");
     assert_eq!(cache(&bench, "evicted") as usize, 200 - held);
@@ -214,7 +202,7 @@ async fn the_cache_keeps_its_bound_and_zero_disables_it() {
     for _ in 0..3 {
         assert_eq!(off.get_with_token("/", &token).await.status, StatusCode::OK);
     }
-    assert_eq!(off.sidecar.gate.token_cache.len(), 0);
+    assert_eq!(off.sidecar.gate.token_cache().len(), 0);
     assert_eq!(cache(&off, "hit") + cache(&off, "miss"), 0.0);
 }
 

@@ -6,7 +6,10 @@
 //! point at those directories, and the Pod is marked Ready through its status subresource.
 //!
 //! There is no container image here: the command runs on this machine, with
-//! [`PodRunnerOptions::program`] mapping the image's program paths to local binaries.
+//! [`PodRunnerOptions::program`] mapping the image's program paths to local binaries. Nor is
+//! there a pod network: [`PodRunnerOptions::port`] maps a port of the pod to a free local port,
+//! in the container's addresses (`0.0.0.0:15080`, `127.0.0.1:8080`) and for kubelet-style
+//! probes ([`RunningPod::probe`]), so several pods can run side by side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -18,8 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Probe, Secret, ServiceAccount,
+    Volume,
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -38,13 +43,16 @@ pub struct PodRunnerOptions {
     /// Program replacements: the container's `command[0]` → a local executable.
     pub programs: Vec<(String, PathBuf)>,
     /// Further textual replacements in command, arguments and environment values, applied after
-    /// mount paths (e.g. a listen address the test wants elsewhere).
+    /// mount paths and ports (e.g. a listen address the test wants elsewhere).
     pub rewrites: Vec<(String, String)>,
+    /// Pod ports → local ports (see [`PodRunnerOptions::port`]).
+    pub ports: Vec<(u16, u16)>,
     /// Extra environment for the container process (after the pod's own).
     pub env: Vec<(String, String)>,
     /// A stand-in application process, started before the container.
     pub app: Option<Command>,
-    /// `http://127.0.0.1:PORT/path` that must answer 2xx before the Pod is marked Ready.
+    /// `http://127.0.0.1:PORT/path` that must answer 2xx before the Pod is marked Ready;
+    /// without it, the container's own HTTP readinessProbe (if any) must pass, as kubelet's.
     pub ready_url: Option<String>,
     /// Mark the Pod Running and Ready once started (and `ready_url` answers).
     pub mark_ready: bool,
@@ -61,6 +69,7 @@ impl PodRunnerOptions {
             entrypoint: None,
             programs: Vec::new(),
             rewrites: Vec::new(),
+            ports: Vec::new(),
             env: Vec::new(),
             app: None,
             ready_url: None,
@@ -82,6 +91,15 @@ impl PodRunnerOptions {
 
     pub fn rewrite(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
         self.rewrites.push((from.into(), to.into()));
+        self
+    }
+
+    /// Maps port `pod_port` of the pod to `local_port` on 127.0.0.1: addresses with that port
+    /// in the container's command, arguments and environment (`0.0.0.0:P`, `127.0.0.1:P`,
+    /// `localhost:P`, `[::]:P`) become `127.0.0.1:local_port`, and probes that reach `pod_port`
+    /// go to `local_port`.
+    pub fn port(mut self, pod_port: u16, local_port: u16) -> Self {
+        self.ports.push((pod_port, local_port));
         self
     }
 
@@ -117,6 +135,9 @@ pub struct RunningPod {
     namespace: String,
     name: String,
     container_name: String,
+    /// The Pod as it was given (its spec: probes, ports).
+    pod: Pod,
+    ports: Vec<(u16, u16)>,
     mounts: Vec<(String, PathBuf)>,
     projector: Arc<Projector>,
     sync_task: Option<JoinHandle<()>>,
@@ -270,6 +291,8 @@ impl RunningPod {
             namespace,
             name,
             container_name: container.name.clone(),
+            pod: pod.clone(),
+            ports: options.ports.clone(),
             mounts,
             projector,
             sync_task,
@@ -277,7 +300,16 @@ impl RunningPod {
             app,
             root,
         };
-        if let Some(url) = options.ready_url.clone() {
+        let ready_url = match options.ready_url.clone() {
+            Some(url) => Some(url),
+            None => container
+                .readiness_probe
+                .as_ref()
+                .map(|probe| running.http_probe_url(&container, probe))
+                .transpose()?
+                .flatten(),
+        };
+        if let Some(url) = ready_url {
             running.wait_ready_url(&url, options.ready_timeout).await?;
         }
         if options.mark_ready {
@@ -315,6 +347,112 @@ impl RunningPod {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Runs one of a container's probes once, as kubelet would: its port (a number, or a name
+    /// resolved among that container's own ports) on the pod's address, through the port map.
+    /// httpGet succeeds on 200–399, tcpSocket when the connection opens.
+    pub async fn probe(&self, container: &str, kind: ProbeKind) -> Result<ProbeResult> {
+        let found = find_container(&self.pod, container)
+            .ok_or_else(|| anyhow!("Pod {} has no container {container:?}", self.name))?
+            .clone();
+        let probe = match kind {
+            ProbeKind::Startup => &found.startup_probe,
+            ProbeKind::Readiness => &found.readiness_probe,
+            ProbeKind::Liveness => &found.liveness_probe,
+        }
+        .as_ref()
+        .ok_or_else(|| anyhow!("container {container} has no {kind:?} probe"))?;
+        if let Some(url) = self.http_probe_url(&found, probe)? {
+            let target = url.clone();
+            let status = tokio::task::spawn_blocking(move || {
+                process::http_get_status(&url, Duration::from_secs(1))
+            })
+            .await
+            .context("probe task")?;
+            return Ok(match status {
+                Ok(code) => ProbeResult {
+                    target,
+                    success: (200..400).contains(&code),
+                    detail: format!("HTTP {code}"),
+                },
+                Err(err) => ProbeResult {
+                    target,
+                    success: false,
+                    detail: format!("{err:#}"),
+                },
+            });
+        }
+        if let Some(action) = &probe.tcp_socket {
+            let port = self.local_port(&found, &action.port)?;
+            let host = action
+                .host
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".to_string());
+            let target = format!("{host}:{port}");
+            let connected = tokio::net::TcpStream::connect(&target).await;
+            return Ok(ProbeResult {
+                success: connected.is_ok(),
+                detail: match connected {
+                    Ok(_) => "connected".to_string(),
+                    Err(err) => err.to_string(),
+                },
+                target,
+            });
+        }
+        bail!("container {container}: only httpGet and tcpSocket probes are run here")
+    }
+
+    /// `http://HOST:LOCAL_PORT/path` of an httpGet probe; `None` for other kinds of probe.
+    fn http_probe_url(&self, container: &Container, probe: &Probe) -> Result<Option<String>> {
+        let Some(action) = &probe.http_get else {
+            return Ok(None);
+        };
+        if action.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+            bail!(
+                "container {}: only HTTP probes are run here",
+                container.name
+            );
+        }
+        let port = self.local_port(container, &action.port)?;
+        let host = action
+            .host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let path = action.path.clone().unwrap_or_else(|| "/".to_string());
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        Ok(Some(format!("http://{host}:{port}{path}")))
+    }
+
+    /// The local port a probe's port reaches: names resolve among the container's own ports
+    /// (as kubelet resolves them), then the port map applies.
+    fn local_port(&self, container: &Container, port: &IntOrString) -> Result<u16> {
+        let number = match port {
+            IntOrString::Int(n) => *n,
+            IntOrString::String(name) => container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "container {} has no port named {name:?} (kubelet would fail this probe)",
+                        container.name
+                    )
+                })?,
+        };
+        let number = u16::try_from(number)
+            .with_context(|| format!("probe port {number} of {}", container.name))?;
+        Ok(self
+            .ports
+            .iter()
+            .find(|(pod_port, _)| *pod_port == number)
+            .map_or(number, |(_, local)| *local))
     }
 
     pub fn name(&self) -> &str {
@@ -449,6 +587,24 @@ impl RunningPod {
     }
 }
 
+/// Which of a container's probes to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    Startup,
+    Readiness,
+    Liveness,
+}
+
+/// The outcome of one probe.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    /// What was probed, e.g. `http://127.0.0.1:41234/healthz`.
+    pub target: String,
+    pub success: bool,
+    /// The HTTP status or the connection's outcome.
+    pub detail: String,
+}
+
 fn container_status(
     container: &Container,
     state: serde_json::Value,
@@ -514,6 +670,9 @@ async fn container_command(
             out = replace_path(&out, mount, &local.to_string_lossy());
         }
         out = map_ancestor(&out, &ancestors, &rootfs);
+        for (pod_port, local_port) in &options.ports {
+            out = map_port(&out, *pod_port, *local_port);
+        }
         for (from, to) in &options.rewrites {
             out = out.replace(from.as_str(), to);
         }
@@ -635,6 +794,32 @@ async fn container_command(
         .unwrap_or(default_workdir);
     command.current_dir(workdir);
     Ok(command)
+}
+
+/// Addresses with port `pod_port` on the pod's own addresses become `127.0.0.1:local_port`;
+/// `127.0.0.1:80801` stays as it is for port 8080.
+fn map_port(s: &str, pod_port: u16, local_port: u16) -> String {
+    let mut out = s.to_string();
+    for host in ["0.0.0.0", "127.0.0.1", "localhost", "[::]", "[::1]"] {
+        let from = format!("{host}:{pod_port}");
+        let mut mapped = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&from) {
+            let after = &rest[i + from.len()..];
+            let whole = !after.starts_with(|c: char| c.is_ascii_digit())
+                && !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '.');
+            mapped.push_str(&rest[..i]);
+            if whole {
+                mapped.push_str(&format!("127.0.0.1:{local_port}"));
+            } else {
+                mapped.push_str(&from);
+            }
+            rest = after;
+        }
+        mapped.push_str(rest);
+        out = mapped;
+    }
+    out
 }
 
 /// Replaces `from` (a path) by `to` wherever it appears as a whole path prefix.
@@ -1265,6 +1450,22 @@ mod tests {
         assert_eq!(map("/etc/tokengate"), "/r/etc/tokengate");
         assert_eq!(map("/etc/tokengate-other"), "/etc/tokengate-other");
         assert_eq!(map("/var/lib"), "/var/lib");
+    }
+
+    #[test]
+    fn pod_ports_map_to_local_ports_in_addresses_only() {
+        assert_eq!(map_port("0.0.0.0:15080", 15080, 40001), "127.0.0.1:40001");
+        assert_eq!(
+            map_port("http://127.0.0.1:8080/x", 8080, 40002),
+            "http://127.0.0.1:40002/x"
+        );
+        assert_eq!(
+            map_port("--listen=[::]:8080", 8080, 1),
+            "--listen=127.0.0.1:1"
+        );
+        assert_eq!(map_port("127.0.0.1:80801", 8080, 1), "127.0.0.1:80801");
+        assert_eq!(map_port("10.127.0.0.1:8080", 8080, 1), "10.127.0.0.1:8080");
+        assert_eq!(map_port("example.com:8080", 8080, 1), "example.com:8080");
     }
 
     #[test]

@@ -1,0 +1,885 @@
+//! The mutating webhook's decision: a pure function from a Pod, as the API server sends it on
+//! CREATE, to the JSON patch that injects the sidecar (or to a refusal that says what to change).
+//!
+//! The sidecar runs as a native sidecar (an init container with `restartPolicy: Always`) and
+//! takes over the protected port: the port's name moves to the sidecar's proxy port, the
+//! application's port is renamed, and probes that named the port are rewritten to its number.
+//! So a Service that targets the port by name reaches the sidecar (Kubernetes resolves named
+//! target ports on sidecar init containers too), kubelet probes still reach the application,
+//! and a Service that targets the number goes around the sidecar (the operator reports those as
+//! `Bypass`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+use tokengate_policy::contract;
+
+/// Volume with ConfigMap [`contract::POLICIES_CONFIG_MAP`].
+pub const POLICIES_VOLUME: &str = "tokengate-policies";
+/// Volume with Secret [`contract::KEYS_SECRET`].
+pub const KEYS_VOLUME: &str = "tokengate-keys";
+/// Downward-API volume with the pod's labels.
+pub const POD_INFO_VOLUME: &str = "tokengate-pod-info";
+
+/// The injected container, as the operator's configuration describes it.
+#[derive(Clone, Debug)]
+pub struct SidecarSettings {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    /// Recorded in [`contract::SIDECAR_VERSION_ANNOTATION`].
+    pub version: String,
+    pub resources: ResourceRequirements,
+    /// The user and group the sidecar runs as (non-root).
+    pub run_as_user: i64,
+}
+
+/// Everything the decision depends on besides the pod.
+#[derive(Clone, Debug)]
+pub struct InjectSettings {
+    pub sidecar: SidecarSettings,
+    /// Never injected, whatever the labels say: kube-system and the operator's own namespace.
+    pub excluded_namespaces: Vec<String>,
+}
+
+/// Why a pod is left as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Pod label `tokengate.dev/inject=false`.
+    OptedOut,
+    /// kube-system or the operator's namespace.
+    ExcludedNamespace,
+    /// The pod already has the sidecar (injection is idempotent).
+    AlreadyInjected,
+}
+
+/// The decision for one pod.
+#[derive(Debug)]
+pub enum Injection {
+    /// Admit the pod unchanged.
+    Skip(Skip),
+    /// Admit the pod with the sidecar: the JSON patch (RFC 6902) and the protected port.
+    Inject { patch: json_patch::Patch, port: u16 },
+    /// Refuse the pod: it asked for protection it cannot get. The message says what to change.
+    Refuse(String),
+}
+
+/// The port the sidecar protects and where the application declared it.
+#[derive(Debug)]
+struct ProtectedPort {
+    number: u16,
+    /// (container index, port index) of the declaration, if any container declares it.
+    declared: Option<(usize, usize)>,
+    name: Option<String>,
+    host_port: Option<i32>,
+}
+
+const OPT_OUT_HINT: &str = "or opt the pod out with label tokengate.dev/inject=false";
+
+/// Decides what happens to a pod created in `namespace`. The webhook configuration's selectors
+/// decide which pods are sent here (namespace label or pod label); this decides the rest.
+pub fn inject(pod: &Pod, namespace: &str, settings: &InjectSettings) -> Injection {
+    if settings.excluded_namespaces.iter().any(|n| n == namespace) {
+        return Injection::Skip(Skip::ExcludedNamespace);
+    }
+    let labels = pod.metadata.labels.as_ref();
+    if labels
+        .and_then(|l| l.get(contract::POD_INJECT_LABEL))
+        .map(String::as_str)
+        == Some("false")
+    {
+        return Injection::Skip(Skip::OptedOut);
+    }
+    let Some(spec) = &pod.spec else {
+        return Injection::Refuse("the pod has no spec".to_owned());
+    };
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    if init_containers
+        .iter()
+        .any(|c| c.name == contract::SIDECAR_CONTAINER)
+    {
+        return Injection::Skip(Skip::AlreadyInjected);
+    }
+    match plan(pod, settings) {
+        Ok((patch, port)) => Injection::Inject { patch, port },
+        Err(message) => Injection::Refuse(message),
+    }
+}
+
+fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16), String> {
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    if spec.host_network == Some(true) {
+        return Err(format!(
+            "tokengate cannot protect a hostNetwork pod: it shares the node's ports, so the sidecar \
+             cannot stand in front of the application; drop hostNetwork {OPT_OUT_HINT}"
+        ));
+    }
+    if spec
+        .containers
+        .iter()
+        .any(|c| c.name == contract::SIDECAR_CONTAINER)
+    {
+        return Err(format!(
+            "a container is already named {}, the name of the injected sidecar; rename it {OPT_OUT_HINT}",
+            contract::SIDECAR_CONTAINER
+        ));
+    }
+    let all_containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for container in all_containers {
+        for port in container.ports.iter().flatten() {
+            if [contract::SIDECAR_PROXY_PORT, contract::SIDECAR_ADMIN_PORT]
+                .iter()
+                .any(|p| i32::from(*p) == port.container_port)
+            {
+                return Err(format!(
+                    "container {} declares port {}, which the tokengate sidecar listens on \
+                     ({} for traffic, {} for its admin server); move the application to another \
+                     port {OPT_OUT_HINT}",
+                    container.name,
+                    port.container_port,
+                    contract::SIDECAR_PROXY_PORT,
+                    contract::SIDECAR_ADMIN_PORT
+                ));
+            }
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        if [POLICIES_VOLUME, KEYS_VOLUME, POD_INFO_VOLUME].contains(&volume.name.as_str()) {
+            return Err(format!(
+                "the pod already has a volume named {}, which the injected sidecar needs; rename it",
+                volume.name
+            ));
+        }
+    }
+    let protected = protected_port(pod)?;
+    if [contract::SIDECAR_PROXY_PORT, contract::SIDECAR_ADMIN_PORT].contains(&protected.number) {
+        return Err(format!(
+            "port {} is the sidecar's own; protect the application's port instead",
+            protected.number
+        ));
+    }
+
+    let mut ops: Vec<Value> = Vec::new();
+    let annotations = [
+        (
+            contract::SIDECAR_VERSION_ANNOTATION,
+            settings.sidecar.version.clone(),
+        ),
+        (
+            contract::UPSTREAM_PORT_ANNOTATION,
+            protected.number.to_string(),
+        ),
+    ];
+    if pod.metadata.annotations.is_some() {
+        for (key, value) in annotations {
+            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(key)), "value": value}));
+        }
+    } else {
+        let map: BTreeMap<&str, String> = annotations.into_iter().collect();
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+    }
+
+    if let Some((c, p)) = protected.declared {
+        let port_path = format!("/spec/containers/{c}/ports/{p}");
+        if let Some(name) = &protected.name {
+            let renamed = contract::app_port_name(protected.number);
+            if *name == renamed {
+                return Err(format!(
+                    "the protected port is named {renamed:?}, the name the webhook gives the \
+                     application's port once the sidecar takes the protected port's name over: \
+                     give it another name"
+                ));
+            }
+            let taken = spec.containers.iter().any(|container| {
+                container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .any(|port| port.name.as_deref() == Some(renamed.as_str()))
+            });
+            if taken {
+                return Err(format!(
+                    "port name {renamed:?} is taken; the webhook renames the protected port {name:?} \
+                     to it when the sidecar takes {name:?} over: rename the other port"
+                ));
+            }
+            ops.push(
+                json!({"op": "replace", "path": format!("{port_path}/name"), "value": renamed}),
+            );
+            ops.extend(probe_rewrites(
+                &spec.containers[c],
+                c,
+                name,
+                protected.number,
+            ));
+        }
+        if protected.host_port.is_some_and(|p| p > 0) {
+            ops.push(json!({"op": "remove", "path": format!("{port_path}/hostPort")}));
+        }
+    }
+
+    let sidecar = sidecar_container(&protected, &settings.sidecar);
+    let sidecar = serde_json::to_value(sidecar).map_err(|e| format!("writing the sidecar: {e}"))?;
+    if spec.init_containers.is_some() {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/-", "value": sidecar}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+    }
+    let volumes = serde_json::to_value(volumes()).map_err(|e| format!("writing volumes: {e}"))?;
+    if spec.volumes.is_some() {
+        for volume in volumes.as_array().into_iter().flatten() {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    }
+    let patch = serde_json::from_value(Value::Array(ops))
+        .map_err(|e| format!("building the JSON patch: {e}"))?;
+    Ok((patch, protected.number))
+}
+
+/// The port named by [`contract::PORTS_ANNOTATION`], else the first TCP containerPort of the
+/// first container.
+fn protected_port(pod: &Pod) -> Result<ProtectedPort, String> {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let declared = |c: usize, p: usize, port: &ContainerPort| -> Result<ProtectedPort, String> {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        if protocol != "TCP" {
+            return Err(format!(
+                "port {} of container {} is {protocol}; the sidecar protects HTTP over TCP: name a \
+                 TCP port in annotation {} {OPT_OUT_HINT}",
+                port.container_port,
+                containers[c].name,
+                contract::PORTS_ANNOTATION
+            ));
+        }
+        let number = u16::try_from(port.container_port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("containerPort {} is not a port", port.container_port))?;
+        Ok(ProtectedPort {
+            number,
+            declared: Some((c, p)),
+            name: port.name.clone().filter(|n| !n.is_empty()),
+            host_port: port.host_port.filter(|p| *p > 0),
+        })
+    };
+    let indexed = || {
+        containers.iter().enumerate().flat_map(|(c, container)| {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(move |(p, port)| (c, p, port))
+        })
+    };
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::PORTS_ANNOTATION));
+    let Some(annotation) = annotation else {
+        let first = containers.first().and_then(|container| {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .position(|port| port.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        });
+        return match first {
+            Some(p) => declared(0, p, &containers[0].ports.as_deref().unwrap_or_default()[p]),
+            None => Err(format!(
+                "the pod has no port for the sidecar to protect: declare the application's \
+                 containerPort (TCP) in its first container, or name it in annotation {} \
+                 {OPT_OUT_HINT}",
+                contract::PORTS_ANNOTATION
+            )),
+        };
+    };
+    let items: Vec<&str> = annotation
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect();
+    let item = match items.as_slice() {
+        [item] => *item,
+        [] => {
+            return Err(format!(
+                "annotation {} is empty: name the application's port (its number or name)",
+                contract::PORTS_ANNOTATION
+            ));
+        }
+        more => {
+            return Err(format!(
+                "annotation {} names {} ports ({}); the sidecar protects one port per pod: name \
+                 one",
+                contract::PORTS_ANNOTATION,
+                more.len(),
+                more.join(", ")
+            ));
+        }
+    };
+    if let Ok(number) = item.parse::<u16>() {
+        if number == 0 {
+            return Err(format!(
+                "annotation {}: 0 is not a port",
+                contract::PORTS_ANNOTATION
+            ));
+        }
+        let is_tcp = |port: &ContainerPort| port.protocol.as_deref().unwrap_or("TCP") == "TCP";
+        let same_number =
+            || indexed().filter(|(_, _, port)| port.container_port == i32::from(number));
+        // A TCP declaration first; a UDP one alone is refused by `declared`.
+        let found = same_number()
+            .find(|(_, _, port)| is_tcp(port))
+            .or_else(|| same_number().next());
+        return match found {
+            Some((c, p, port)) => declared(c, p, port),
+            // An undeclared port is still a port the application may listen on.
+            None => Ok(ProtectedPort {
+                number,
+                declared: None,
+                name: None,
+                host_port: None,
+            }),
+        };
+    }
+    match indexed().find(|(_, _, port)| port.name.as_deref() == Some(item)) {
+        Some((c, p, port)) => declared(c, p, port),
+        None => Err(format!(
+            "annotation {}: no container of the pod declares a port named {item:?}; give the \
+             name or number of the application's containerPort",
+            contract::PORTS_ANNOTATION
+        )),
+    }
+}
+
+/// Probes and lifecycle hooks of `container` (index `c`) that name the port `name`: rewritten
+/// to its number, since the name now belongs to the sidecar and kubelet resolves a probe's
+/// named port in the probe's own container.
+fn probe_rewrites(container: &Container, c: usize, name: &str, number: u16) -> Vec<Value> {
+    let names_port = |port: &IntOrString| matches!(port, IntOrString::String(n) if n == name);
+    let mut ops = Vec::new();
+    let mut rewrite = |path: String| {
+        ops.push(json!({"op": "replace", "path": path, "value": number}));
+    };
+    let probes = [
+        ("livenessProbe", &container.liveness_probe),
+        ("readinessProbe", &container.readiness_probe),
+        ("startupProbe", &container.startup_probe),
+    ];
+    for (field, probe) in probes {
+        let Some(probe) = probe else { continue };
+        if probe.http_get.as_ref().is_some_and(|a| names_port(&a.port)) {
+            rewrite(format!("/spec/containers/{c}/{field}/httpGet/port"));
+        }
+        if probe
+            .tcp_socket
+            .as_ref()
+            .is_some_and(|a| names_port(&a.port))
+        {
+            rewrite(format!("/spec/containers/{c}/{field}/tcpSocket/port"));
+        }
+        // gRPC probes name their port by number only.
+    }
+    if let Some(lifecycle) = &container.lifecycle {
+        let hooks = [
+            ("postStart", &lifecycle.post_start),
+            ("preStop", &lifecycle.pre_stop),
+        ];
+        for (field, hook) in hooks {
+            let Some(hook) = hook else { continue };
+            if hook.http_get.as_ref().is_some_and(|a| names_port(&a.port)) {
+                rewrite(format!(
+                    "/spec/containers/{c}/lifecycle/{field}/httpGet/port"
+                ));
+            }
+            if hook
+                .tcp_socket
+                .as_ref()
+                .is_some_and(|a| names_port(&a.port))
+            {
+                rewrite(format!(
+                    "/spec/containers/{c}/lifecycle/{field}/tcpSocket/port"
+                ));
+            }
+        }
+    }
+    ops
+}
+
+fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(contract::SIDECAR_ADMIN_PORT)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn sidecar_container(protected: &ProtectedPort, settings: &SidecarSettings) -> Container {
+    let tcp = |name: &str, port: u16, host_port: Option<i32>| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".to_owned()),
+        host_port,
+        host_ip: None,
+    };
+    let proxy_name = protected
+        .name
+        .clone()
+        .unwrap_or_else(|| contract::SIDECAR_PROXY_PORT_NAME.to_owned());
+    let mount = |name: &str, path: String| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path,
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Container {
+        name: contract::SIDECAR_CONTAINER.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        // The image's entrypoint is the sidecar binary; the contract builds its arguments.
+        args: Some(contract::sidecar_run_args(protected.number)),
+        restart_policy: Some("Always".to_owned()),
+        ports: Some(vec![
+            tcp(
+                &proxy_name,
+                contract::SIDECAR_PROXY_PORT,
+                protected.host_port,
+            ),
+            tcp(
+                contract::SIDECAR_ADMIN_PORT_NAME,
+                contract::SIDECAR_ADMIN_PORT,
+                None,
+            ),
+        ]),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.run_as_user),
+            run_as_group: Some(settings.run_as_user),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        // Startup gates the application containers (native sidecars start first) on the
+        // process answering, not on keys: an identity provider that is down must not keep the
+        // application from starting, while readiness keeps the pod out of Services until the
+        // sidecar can verify tokens.
+        startup_probe: Some(admin_probe(contract::SIDECAR_LIVE_PATH, 1, 30)),
+        readiness_probe: Some(admin_probe(contract::SIDECAR_READY_PATH, 2, 3)),
+        liveness_probe: Some(admin_probe(contract::SIDECAR_LIVE_PATH, 10, 3)),
+        volume_mounts: Some(vec![
+            mount(
+                POLICIES_VOLUME,
+                format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_POLICIES_DIR),
+            ),
+            mount(
+                KEYS_VOLUME,
+                format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_KEYS_DIR),
+            ),
+            mount(POD_INFO_VOLUME, contract::POD_INFO_DIR.to_owned()),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The namespace bundle (both optional: a namespace without policies has none yet, and the
+/// sidecar then refuses with `NoPolicy`) and the pod's labels.
+fn volumes() -> Vec<Volume> {
+    vec![
+        Volume {
+            name: POLICIES_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract::POLICIES_CONFIG_MAP.to_owned(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: KEYS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(contract::KEYS_SECRET.to_owned()),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: POD_INFO_VOLUME.to_owned(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: contract::POD_LABELS_FILE.to_owned(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels".to_owned(),
+                        api_version: None,
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Volume::default()
+        },
+    ]
+}
+
+/// A JSON pointer token (RFC 6901): `~` and `/` escaped.
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::path::{Path, PathBuf};
+
+    fn settings() -> InjectSettings {
+        let quantities = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect(),
+            )
+        };
+        InjectSettings {
+            sidecar: SidecarSettings {
+                image: "registry.example/tokengate-sidecar:0.1.0".to_owned(),
+                image_pull_policy: Some("IfNotPresent".to_owned()),
+                version: "0.1.0".to_owned(),
+                resources: ResourceRequirements {
+                    requests: quantities(&[("cpu", "50m"), ("memory", "32Mi")]),
+                    limits: quantities(&[("memory", "128Mi")]),
+                    claims: None,
+                },
+                run_as_user: 65532,
+            },
+            excluded_namespaces: vec!["kube-system".to_owned(), "tokengate-system".to_owned()],
+        }
+    }
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).expect("test pod")
+    }
+
+    fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+        let mut document = serde_json::to_value(pod).expect("pod as JSON");
+        json_patch::patch(&mut document, patch).expect("the patch applies");
+        serde_json::from_value(document).expect("the patched pod is a Pod")
+    }
+
+    fn injected(pod: &Pod) -> (json_patch::Patch, Pod) {
+        match inject(pod, "shop", &settings()) {
+            Injection::Inject { patch, .. } => {
+                let patched = apply(pod, &patch);
+                (patch, patched)
+            }
+            other => panic!("expected an injection, got {other:?}"),
+        }
+    }
+
+    fn refusal(pod: &Pod) -> String {
+        match inject(pod, "shop", &settings()) {
+            Injection::Refuse(message) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn sidecar(pod: &Pod) -> &Container {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == contract::SIDECAR_CONTAINER))
+            .expect("the sidecar is an init container")
+    }
+
+    fn testdata() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/webhook/testdata/inject")
+    }
+
+    /// Each `<case>.pod.yaml` in testdata/inject is injected and the patch compared with
+    /// `<case>.patch.json`; `TOKENGATE_UPDATE_GOLDEN=1` rewrites the patches.
+    #[test]
+    fn patches_match_the_golden_files() {
+        let update = std::env::var_os("TOKENGATE_UPDATE_GOLDEN").is_some();
+        let mut cases = 0;
+        let mut entries: Vec<_> = std::fs::read_dir(testdata())
+            .expect("testdata/inject")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let Some(case) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".pod.yaml"))
+            else {
+                continue;
+            };
+            cases += 1;
+            let text = std::fs::read_to_string(&path).expect("pod file");
+            let input: Pod = serde_yaml::from_str(&text).expect("pod file is a Pod");
+            let (patch, patched) = injected(&input);
+            let actual = serde_json::to_string_pretty(&patch).expect("patch") + "\n";
+            let golden = testdata().join(format!("{case}.patch.json"));
+            if update {
+                std::fs::write(&golden, &actual).expect("write golden");
+            }
+            let expected = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+            assert_eq!(
+                actual,
+                expected,
+                "{case}: the patch differs from {}",
+                golden.display()
+            );
+            // Idempotent: the injected pod is left alone.
+            assert!(
+                matches!(
+                    inject(&patched, "shop", &settings()),
+                    Injection::Skip(Skip::AlreadyInjected)
+                ),
+                "{case}"
+            );
+            let sidecar = sidecar(&patched);
+            assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "{case}");
+        }
+        assert!(cases >= 3, "golden cases found: {cases}");
+    }
+
+    #[test]
+    fn the_sidecar_is_restricted_probed_and_configured_by_the_contract() {
+        let input = pod(json!({
+            "metadata": {"name": "orders", "labels": {"app": "orders"}},
+            "spec": {"containers": [{"name": "app", "image": "orders",
+                "ports": [{"name": "http", "containerPort": 8080}]}]},
+        }));
+        let (_, patched) = injected(&input);
+        let sidecar = sidecar(&patched);
+        assert_eq!(
+            sidecar.args.as_deref(),
+            Some(contract::sidecar_run_args(8080).as_slice())
+        );
+        let security = sidecar.security_context.as_ref().expect("securityContext");
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.drop.as_deref()),
+            Some(["ALL".to_owned()].as_slice())
+        );
+        assert_eq!(
+            security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        for probe in [
+            &sidecar.startup_probe,
+            &sidecar.readiness_probe,
+            &sidecar.liveness_probe,
+        ] {
+            let action = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("httpGet");
+            assert_eq!(
+                action.port,
+                IntOrString::Int(i32::from(contract::SIDECAR_ADMIN_PORT))
+            );
+        }
+        // Every mount lies where the contract's arguments point.
+        let mounts: Vec<&str> = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        let args = contract::sidecar_run_args(8080).join(" ");
+        for mount in &mounts {
+            let parent = Path::new(mount)
+                .parent()
+                .and_then(|p| p.to_str())
+                .expect("parent");
+            assert!(args.contains(mount) || args.contains(parent), "{mount}");
+        }
+        let annotations = patched.metadata.annotations.expect("annotations");
+        assert_eq!(annotations[contract::SIDECAR_VERSION_ANNOTATION], "0.1.0");
+        assert_eq!(annotations[contract::UPSTREAM_PORT_ANNOTATION], "8080");
+    }
+
+    #[test]
+    fn opt_out_excluded_namespaces_and_injected_pods_are_left_alone() {
+        let opted_out = pod(json!({
+            "metadata": {"labels": {"tokengate.dev/inject": "false"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]},
+        }));
+        assert!(matches!(
+            inject(&opted_out, "shop", &settings()),
+            Injection::Skip(Skip::OptedOut)
+        ));
+        let opted_in = pod(json!({
+            "metadata": {"labels": {"tokengate.dev/inject": "true"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]},
+        }));
+        for namespace in ["kube-system", "tokengate-system"] {
+            assert!(matches!(
+                inject(&opted_in, namespace, &settings()),
+                Injection::Skip(Skip::ExcludedNamespace)
+            ));
+        }
+        let (_, patched) = injected(&opted_in);
+        assert!(matches!(
+            inject(&patched, "shop", &settings()),
+            Injection::Skip(Skip::AlreadyInjected)
+        ));
+    }
+
+    #[test]
+    fn pods_that_cannot_be_protected_are_refused_with_what_to_change() {
+        let cases = [
+            (
+                json!({"containers": [{"name": "worker"}]}),
+                json!({}),
+                "declare the application's containerPort",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}, {"name": "grpc", "containerPort": 9090}]}]}),
+                json!({"tokengate.dev/ports": "http,grpc"}),
+                "protects one port per pod",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]}),
+                json!({"tokengate.dev/ports": "web"}),
+                "no container of the pod declares a port named \"web\"",
+            ),
+            (
+                json!({"containers": [{"name": "dns", "ports": [{"containerPort": 53, "protocol": "UDP"}]}]}),
+                json!({"tokengate.dev/ports": "53"}),
+                "the sidecar protects HTTP over TCP",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"containerPort": 15080}]}]}),
+                json!({}),
+                "move the application to another port",
+            ),
+            (
+                json!({"hostNetwork": true, "containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}),
+                json!({}),
+                "hostNetwork",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                       "volumes": [{"name": "tokengate-keys", "emptyDir": {}}]}),
+                json!({}),
+                "volume named tokengate-keys",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}, {"name": "app-8080", "containerPort": 9000}]}]}),
+                json!({}),
+                "port name \"app-8080\" is taken",
+            ),
+            (
+                json!({"containers": [{"name": "app", "ports": [{"name": "app-8080", "containerPort": 8080}]}]}),
+                json!({}),
+                "give it another name",
+            ),
+        ];
+        for (spec, annotations, expected) in cases {
+            let message = refusal(&pod(json!({
+                "metadata": {"name": "p", "annotations": annotations},
+                "spec": spec,
+            })));
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_undeclared_annotated_port_is_protected_by_number() {
+        let input = pod(json!({
+            "metadata": {"annotations": {"tokengate.dev/ports": "3000"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"name": "metrics", "containerPort": 9100}]}]},
+        }));
+        let (_, patched) = injected(&input);
+        let sidecar = sidecar(&patched);
+        assert_eq!(
+            sidecar.args.as_deref(),
+            Some(contract::sidecar_run_args(3000).as_slice())
+        );
+        let ports = sidecar.ports.as_deref().expect("ports");
+        assert_eq!(
+            ports[0].name.as_deref(),
+            Some(contract::SIDECAR_PROXY_PORT_NAME)
+        );
+        // Untouched: the metrics port is not the protected one.
+        let app = &patched.spec.expect("spec").containers[0];
+        assert_eq!(
+            app.ports.as_deref().expect("ports")[0].name.as_deref(),
+            Some("metrics")
+        );
+    }
+
+    /// The operator's bypass detection agrees with the webhook: after injection a Service that
+    /// targets the port by name reaches the sidecar, one that targets the number does not.
+    #[test]
+    fn services_by_name_reach_the_sidecar_after_injection_and_by_number_bypass_it() {
+        let input = pod(json!({
+            "metadata": {"name": "orders-1", "labels": {"app": "orders"},
+                         "annotations": {"tokengate.dev/ports": "http"}},
+            "spec": {"containers": [{"name": "app", "image": "orders",
+                "ports": [{"name": "metrics", "containerPort": 9100}, {"name": "http", "containerPort": 8080}]}]},
+        }));
+        let (_, patched) = injected(&input);
+        let service = |name: &str, target: Value| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": "orders"}, "ports": [{"port": 80, "targetPort": target}]},
+            }))
+            .expect("service")
+        };
+        let selected = [&patched];
+        assert!(
+            crate::render::bypasses(&selected, &[service("by-name", json!("http"))]).is_empty()
+        );
+        let found = crate::render::bypasses(&selected, &[service("by-number", json!(8080))]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].app_port, 8080);
+        let renamed = crate::render::bypasses(
+            &selected,
+            &[service("by-new-name", json!(contract::app_port_name(8080)))],
+        );
+        assert_eq!(renamed.len(), 1, "{renamed:?}");
+    }
+}
