@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane helm demo fuzz-short fuzz-long fuzz-tools
+.PHONY: test lint fmt build controlplane kubectl helm demo fuzz-short fuzz-long fuzz-tools
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -17,12 +17,20 @@ CONTROLPLANE_BIN := $(shell bash testkit/controlplane/build.sh --print-bin-dir)
 controlplane:
 	bash testkit/controlplane/build.sh controlplane
 
-# helm, for the chart tier (same build script and cache).
+# kubectl and helm, for the tier that applies what users apply with the tools users use (same
+# build script and cache; kubectl is the control plane's release).
+KUBECTL_BIN := $(shell bash testkit/controlplane/build.sh --print-kubectl-bin-dir)
+HELM_BIN := $(shell bash testkit/controlplane/build.sh --print-helm-bin-dir)
+
+kubectl:
+	bash testkit/controlplane/build.sh kubectl
+
 helm:
 	bash testkit/controlplane/build.sh helm
 
-test: lint controlplane fuzz-short
-	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) $(CARGO) test --workspace
+test: lint controlplane kubectl fuzz-short
+	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
+		$(CARGO) test --workspace
 
 demo:
 	scripts/demo.sh
