@@ -9,13 +9,15 @@
 //!
 //! For the tiers built on it: running a binary as a ServiceAccount
 //! ([`ControlPlane::spawn_as_service_account`]), admission webhooks served from the test
-//! ([`webhook`]), and running a Pod's container as a local process ([`podrunner`]).
+//! ([`webhook`]), running a Pod's container as a local process ([`podrunner`]), and kubectl and
+//! helm ([`tools`]).
 
 mod kubeconfig;
 pub mod pki;
 pub mod podrunner;
 pub mod process;
 mod serviceaccount;
+pub mod tools;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

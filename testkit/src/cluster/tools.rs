@@ -1,0 +1,170 @@
+//! kubectl and helm, the tools users meet tokengate through, built by
+//! `testkit/controlplane/build.sh` at pinned versions (`make kubectl helm`) and found through
+//! `TOKENGATE_KUBECTL_BIN` / `TOKENGATE_HELM_BIN` (else the build script's cache directories).
+//!
+//! [`Tool::run`] fails on a non-zero exit and on any warning the tool prints, since a warning
+//! on `kubectl apply` is what a user sees as a broken manifest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Environment variable naming the directory holding `kubectl`.
+pub const KUBECTL_BIN_ENV: &str = "TOKENGATE_KUBECTL_BIN";
+/// Environment variable naming the directory holding `helm`.
+pub const HELM_BIN_ENV: &str = "TOKENGATE_HELM_BIN";
+
+/// A command-line tool bound to one kubeconfig.
+#[derive(Clone, Debug)]
+pub struct Tool {
+    program: PathBuf,
+    kubeconfig: PathBuf,
+    /// Directory for helm's cache, config and data, so no user state leaks in or out.
+    home: PathBuf,
+}
+
+/// What a tool printed.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Tool {
+    /// kubectl, talking to the cluster of `kubeconfig`.
+    pub fn kubectl(kubeconfig: &Path, home: &Path) -> Result<Self> {
+        Self::find(
+            "kubectl",
+            KUBECTL_BIN_ENV,
+            "--print-kubectl-bin-dir",
+            kubeconfig,
+            home,
+        )
+    }
+
+    /// helm, talking to the cluster of `kubeconfig`.
+    pub fn helm(kubeconfig: &Path, home: &Path) -> Result<Self> {
+        Self::find(
+            "helm",
+            HELM_BIN_ENV,
+            "--print-helm-bin-dir",
+            kubeconfig,
+            home,
+        )
+    }
+
+    fn find(name: &str, env: &str, flag: &str, kubeconfig: &Path, home: &Path) -> Result<Self> {
+        let dir = match std::env::var_os(env) {
+            Some(dir) => PathBuf::from(dir),
+            None => build_script_dir(flag)?,
+        };
+        let program = dir.join(name);
+        if !program.is_file() {
+            bail!(
+                "{} is missing: run `make {name}` (or `testkit/controlplane/build.sh {name}`) and \
+                 export {env}, as `make test` does",
+                program.display()
+            );
+        }
+        Ok(Self {
+            program,
+            kubeconfig: kubeconfig.to_owned(),
+            home: home.to_owned(),
+        })
+    }
+
+    /// Runs the tool with `args`; fails on a non-zero exit or on a warning on stderr.
+    pub fn run<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let output = self.run_unchecked(args)?;
+        if let Some(line) = output
+            .stderr
+            .lines()
+            .find(|line| line.to_ascii_lowercase().contains("warning"))
+        {
+            bail!(
+                "{} printed a warning: {line}\n{}",
+                self.name(),
+                output.stderr
+            );
+        }
+        Ok(output)
+    }
+
+    /// Runs the tool with `args` and returns what it printed; fails only on a non-zero exit,
+    /// with stderr in the error.
+    pub fn run_unchecked<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let shown = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let output = self
+            .command()
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} {shown}", self.name()))?;
+        let result = Output {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        if !output.status.success() {
+            bail!(
+                "{} {shown} failed ({}):\n{}",
+                self.name(),
+                output.status,
+                result.stderr
+            );
+        }
+        Ok(result)
+    }
+
+    /// The command with the kubeconfig and an isolated home set, for callers that need more.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.home.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("helm/config"))
+            .env("HELM_DATA_HOME", self.home.join("helm/data"));
+        command
+    }
+
+    fn name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn build_script_dir(flag: &str) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(flag)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {flag} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let dir = String::from_utf8(output.stdout).context("build script output is not UTF-8")?;
+    Ok(PathBuf::from(dir.trim()))
+}
