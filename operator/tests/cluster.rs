@@ -189,6 +189,22 @@ fn jwks_spec(app: &str, jwks: &str) -> Value {
     })
 }
 
+/// Creates the TokenPolicy `name` with `spec` and returns the API server's refusal.
+async fn refusal(
+    policies: &Api<TokenPolicy>,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Box<kube::core::Status> {
+    match policies
+        .create(&PostParams::default(), &policy(namespace, name, spec))
+        .await
+    {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("{name} must be refused, got {other:?}"),
+    }
+}
+
 fn condition(policy: &TokenPolicy, type_: &str) -> Option<(String, String, String)> {
     policy
         .status
@@ -485,20 +501,13 @@ async fn cel_rules_reject_each_invalid_shape_with_its_message() {
         ),
     ];
     for (name, spec, expected) in cases {
-        match policies
-            .create(&PostParams::default(), &policy(&namespace, name, spec))
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert!(status.is_invalid(), "{name}: {status:?}");
-                assert!(
-                    status.message.contains(expected),
-                    "{name}: {}",
-                    status.message
-                );
-            }
-            other => panic!("{name} must be rejected, got {other:?}"),
-        }
+        let status = refusal(&policies, &namespace, name, spec).await;
+        assert!(status.is_invalid(), "{name}: {status:?}");
+        assert!(
+            status.message.contains(expected),
+            "{name}: {}",
+            status.message
+        );
     }
     policies
         .create(
@@ -1889,22 +1898,15 @@ mod webhooks {
             ),
         ];
         for (name, spec, expected) in cases {
-            match policies
-                .create(&PostParams::default(), &policy(&namespace, name, spec))
-                .await
-            {
-                Err(kube::Error::Api(status)) => {
-                    assert!(
-                        status
-                            .message
-                            .contains(&format!("TokenPolicy {name:?} is invalid"))
-                            && status.message.contains(expected),
-                        "{name}: {}",
-                        status.message
-                    );
-                }
-                other => panic!("{name} must be refused, got {other:?}"),
-            }
+            let status = refusal(&policies, &namespace, name, spec).await;
+            assert!(
+                status
+                    .message
+                    .contains(&format!("TokenPolicy {name:?} is invalid"))
+                    && status.message.contains(expected),
+                "{name}: {}",
+                status.message
+            );
         }
 
         // Overlapping selectors are admitted with a warning naming the policy that applies.
