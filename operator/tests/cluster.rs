@@ -18,6 +18,7 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokengate_policy::TokenPolicy;
+use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::{ControlPlane, Process, apply_crd, free_port, wait_until};
 use tokengate_testkit::idp::IdentityProvider;
 
@@ -167,6 +168,22 @@ fn jwks_spec(app: &str, jwks: &str) -> Value {
         "selector": {"matchLabels": {"app": app}},
         "validateJwt": {"jwksUris": [jwks], "audiences": ["api://orders"]},
     })
+}
+
+/// Creates the TokenPolicy `name` with `spec` and returns the API server's refusal.
+async fn refusal(
+    policies: &Api<TokenPolicy>,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Box<kube::core::Status> {
+    match policies
+        .create(&PostParams::default(), &policy(namespace, name, spec))
+        .await
+    {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("{name} must be refused, got {other:?}"),
+    }
 }
 
 fn condition(policy: &TokenPolicy, type_: &str) -> Option<(String, String, String)> {
@@ -465,20 +482,13 @@ async fn cel_rules_reject_each_invalid_shape_with_its_message() {
         ),
     ];
     for (name, spec, expected) in cases {
-        match policies
-            .create(&PostParams::default(), &policy(&namespace, name, spec))
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert!(status.is_invalid(), "{name}: {status:?}");
-                assert!(
-                    status.message.contains(expected),
-                    "{name}: {}",
-                    status.message
-                );
-            }
-            other => panic!("{name} must be rejected, got {other:?}"),
-        }
+        let status = refusal(&policies, &namespace, name, spec).await;
+        assert!(status.is_invalid(), "{name}: {status:?}");
+        assert!(
+            status.message.contains(expected),
+            "{name}: {}",
+            status.message
+        );
     }
     policies
         .create(
@@ -1869,22 +1879,15 @@ mod webhooks {
             ),
         ];
         for (name, spec, expected) in cases {
-            match policies
-                .create(&PostParams::default(), &policy(&namespace, name, spec))
-                .await
-            {
-                Err(kube::Error::Api(status)) => {
-                    assert!(
-                        status
-                            .message
-                            .contains(&format!("TokenPolicy {name:?} is invalid"))
-                            && status.message.contains(expected),
-                        "{name}: {}",
-                        status.message
-                    );
-                }
-                other => panic!("{name} must be refused, got {other:?}"),
-            }
+            let status = refusal(&policies, &namespace, name, spec).await;
+            assert!(
+                status
+                    .message
+                    .contains(&format!("TokenPolicy {name:?} is invalid"))
+                    && status.message.contains(expected),
+                "{name}: {}",
+                status.message
+            );
         }
 
         // Overlapping selectors are admitted with a warning naming the policy that applies.
@@ -1911,6 +1914,58 @@ mod webhooks {
                     )
             ),
             "{warnings:?}"
+        );
+
+        // The same through kubectl, as users apply policies: the refusal's message and the
+        // overlap warning are what kubectl prints.
+        let cp = ControlPlane::shared().await.expect("control plane");
+        let dir = tempfile::tempdir().expect("kubectl home");
+        let kubectl =
+            Tool::kubectl(cp.admin_kubeconfig(), dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+        let manifest = |name: &str, jwks: &str| {
+            let path = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  \
+                     name: {name}\n  namespace: {namespace}\nspec:\n  selector:\n    \
+                     matchLabels:\n      app: orders\n  validateJwt:\n    jwksUris:\n      \
+                     - {jwks}\n"
+                ),
+            )
+            .expect("manifest");
+            path.display().to_string()
+        };
+        let refused = kubectl
+            .run_unchecked([
+                "apply",
+                "-f",
+                &manifest("plain-http", "http://idp.example/keys"),
+            ])
+            .expect_err("kubectl apply of a plain-http key source fails");
+        let refused = format!("{refused:#}");
+        assert!(
+            refused.contains("spec.validateJwt.jwksUris[0]: \"http://idp.example/keys\" uses http"),
+            "{refused}"
+        );
+        let applied = kubectl
+            .run_unchecked(["apply", "-f", &manifest("third", keys)])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let warning = applied
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("Warning: ") && l.contains("overlaps TokenPolicy \"first\""));
+        assert!(
+            warning.is_some_and(|w| w.contains("\"first\" applies to them (the older one)")),
+            "kubectl printed: {}",
+            applied.stderr
+        );
+        assert!(
+            applied
+                .stdout
+                .contains("tokenpolicy.tokengate.dev/third created"),
+            "{}",
+            applied.stdout
         );
     }
 
