@@ -3,8 +3,10 @@
 //! object the chart renders to a real kube-apiserver (server-side apply and `--dry-run=server`)
 //! and any warning it prints fails the test; kubectl's YAML 1.1 reading of what we generate must
 //! equal ours. Then `helm install` into the local control plane, the operator running as the
-//! chart's ServiceAccount with the chart's RBAC, an RSA TokenPolicy written as a person writes
-//! it, enforced by the real sidecar, `helm upgrade` and `helm uninstall` without orphans.
+//! chart's Deployment configures it, as the chart's ServiceAccount with the chart's RBAC; an RSA
+//! TokenPolicy written as a person writes it; a Deployment's pod injected with the chart's
+//! sidecar settings and its sidecar enforcing the policy; `helm upgrade` and `helm uninstall`
+//! without orphans.
 //!
 //! kubectl and helm come from `make kubectl helm` (`TOKENGATE_KUBECTL_BIN`, `TOKENGATE_HELM_BIN`).
 
@@ -14,11 +16,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use tokengate_policy::TokenPolicy;
+use tokengate_policy::{TokenPolicy, contract};
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::{ControlPlane, free_port, wait_until};
 use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
@@ -134,7 +137,8 @@ fn whole_numbers_as_integers(value: Value) -> Value {
             Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
                 // Exact: a whole number below 2^53.
                 #[allow(clippy::cast_possible_truncation)]
-                json!(f as i64)
+                let whole = f as i64;
+                json!(whole)
             }
             _ => Value::Number(n),
         },
@@ -596,70 +600,192 @@ async fn helm_installs_runs_upgrades_and_uninstalls_without_orphans() {
         );
     }
 
-    // The operator as the chart's ServiceAccount, with nothing but what the chart grants.
-    let admin = free_port().expect("port");
+    // The operator as the chart configures it: the installed Deployment's arguments and
+    // environment, run as the chart's ServiceAccount with nothing but what the chart grants.
+    // Its ports move to free local ones, its certificate also names 127.0.0.1, and the chart's
+    // webhook configurations are pointed there (this tier has no Service routing).
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get("tg-tokengate-operator")
+        .await
+        .expect("the operator Deployment");
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .expect("the operator container");
+    let (admin, webhook_port) = (free_port().expect("port"), free_port().expect("port"));
     let mut command = Command::new(OPERATOR);
+    for arg in container.args.unwrap_or_default() {
+        if !arg.starts_with("--admin=") {
+            command.arg(arg);
+        }
+    }
     command
         .arg(format!("--admin=127.0.0.1:{admin}"))
-        .arg("--lease-name=tg-tokengate-operator")
-        .arg(format!("--lease-namespace={namespace}"))
-        .arg("--identity=chart-operator")
-        .arg("--lease-duration=4s")
+        .arg("--lease-duration=4s");
+    let mut sidecar_image = None;
+    for var in container.env.unwrap_or_default() {
+        let value = match (var.name.as_str(), var.value) {
+            ("POD_NAME", None) => "chart-operator".to_owned(),
+            ("POD_NAMESPACE", None) => namespace.to_owned(),
+            ("TOKENGATE_WEBHOOK_LISTEN", Some(_)) => format!("127.0.0.1:{webhook_port}"),
+            (_, Some(value)) => value,
+            (name, None) => panic!("{name}: an environment variable the test cannot resolve"),
+        };
+        if var.name == "TOKENGATE_SIDECAR_IMAGE" {
+            sidecar_image = Some(value.clone());
+        }
+        command.env(&var.name, value);
+    }
+    command
+        .env("TOKENGATE_WEBHOOK_HOSTS", "127.0.0.1")
         .env("TOKENGATE_LOG", "info,tokengate_operator=debug");
     let mut operator = cp
         .spawn_as_service_account(&client, namespace, "tg-tokengate-operator", command)
         .await
         .expect("operator as the chart's ServiceAccount");
+    for (kind, name, path) in [
+        (
+            "mutatingwebhookconfiguration",
+            "tg-tokengate-injector",
+            "/inject",
+        ),
+        (
+            "validatingwebhookconfiguration",
+            "tg-tokengate-policy-validator",
+            "/validate",
+        ),
+    ] {
+        let count = if path == "/inject" { 2 } else { 1 };
+        let patch: Vec<Value> = (0..count)
+            .map(|i| {
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                       "value": {"url": format!("https://127.0.0.1:{webhook_port}{path}")}})
+            })
+            .collect();
+        kubectl
+            .run([
+                "patch",
+                kind,
+                name,
+                "--type=json",
+                "-p",
+                &serde_json::to_string(&patch).expect("patch"),
+            ])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
 
-    // An RSA TokenPolicy written as a person writes it, applied with kubectl, is enforced.
+    // An RSA TokenPolicy written as a person writes it, applied with kubectl; a Deployment in a
+    // namespace opted in with kubectl; its Pod injected by the operator with the chart's sidecar
+    // settings, and the injected sidecar enforcing the policy.
     let app_namespace = cp.namespace(&client, "chart-app").await.expect("namespace");
     let idp = IdentityProvider::start().await.expect("identity provider");
     let policy = rsa_policy_yaml(&app_namespace, &idp);
     apply_text(kubectl, &policy, &[]).await;
     wait_ready(&client, &app_namespace, "orders").await;
-    let sidecar = Path::new(OPERATOR).with_file_name("tokengate-sidecar");
+    kubectl
+        .run([
+            "label",
+            "namespace",
+            &app_namespace,
+            &format!(
+                "{}={}",
+                contract::NAMESPACE_INJECTION_LABEL,
+                contract::INJECTION_ENABLED
+            ),
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let pods = Api::<Pod>::namespaced(client.clone(), &app_namespace);
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "labels": {"app": "probe"}},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1",
+                                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))
+    .expect("pod");
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let last = std::sync::Mutex::new(String::new());
+    let injecting = wait_until(TIMEOUT, "the API server to call the operator", || async {
+        let result = pods.create(&dry_run, &probe).await;
+        let done = matches!(&result, Ok(pod) if sidecar_of(pod).is_some());
+        if let Ok(mut last) = last.lock() {
+            *last = format!("{result:?}");
+        }
+        Ok(done)
+    })
+    .await;
     assert!(
-        sidecar.is_file(),
+        injecting.is_ok(),
+        "{injecting:?}; last answer: {:?}; operator: {}",
+        last.lock().map(|l| l.clone()),
+        operator.log_tail(40)
+    );
+    let deployment = format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: orders
+  namespace: {app_namespace}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: orders
+  template:
+    metadata:
+      labels:
+        app: orders
+    spec:
+      containers:
+        - name: orders
+          image: example.invalid/orders:1
+          ports:
+            - name: http
+              containerPort: 8080
+"
+    );
+    apply_text(kubectl, &deployment, &[]).await;
+    let found = std::sync::Mutex::new(None);
+    wait_until(TIMEOUT, "the Deployment's pod", || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=orders"))
+            .await?;
+        let first = list.items.into_iter().next();
+        let done = first.is_some();
+        if let Ok(mut found) = found.lock() {
+            *found = first;
+        }
+        Ok(done)
+    })
+    .await
+    .expect("the controller-manager creates the pod");
+    let pod = found.into_inner().ok().flatten().expect("pod");
+    let sidecar = sidecar_of(&pod).expect("the pod carries the sidecar");
+    assert_eq!(sidecar.image, sidecar_image, "the chart's sidecar image");
+    let requests = sidecar
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .expect("requests");
+    assert_eq!(requests["cpu"].0, "50m", "the chart's sidecar resources");
+    let sidecar_binary = Path::new(OPERATOR).with_file_name("tokengate-sidecar");
+    assert!(
+        sidecar_binary.is_file(),
         "{} is missing: build it with `cargo build -p tokengate-sidecar`",
-        sidecar.display()
+        sidecar_binary.display()
     );
     let app = EchoServer::start().await.expect("echo application");
     let (listen, sidecar_admin) = (free_port().expect("port"), free_port().expect("port"));
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "orders-1", "labels": {"app": "orders"}},
-        "spec": {
-            "containers": [{
-                "name": "tokengate-sidecar",
-                "image": "example.invalid/tokengate-sidecar:dev",
-                "command": ["/tokengate-sidecar", "run",
-                    "--bundle", "/etc/tokengate/bundle", "--pod-labels", "/etc/tokengate/pod/labels",
-                    "--listen", format!("127.0.0.1:{listen}"), "--upstream", app.url(),
-                    "--admin", format!("127.0.0.1:{sidecar_admin}"), "--reload-interval", "200ms"],
-                "volumeMounts": [
-                    {"name": "policies", "mountPath": "/etc/tokengate/bundle/policies"},
-                    {"name": "keys", "mountPath": "/etc/tokengate/bundle/keys"},
-                    {"name": "pod", "mountPath": "/etc/tokengate/pod"},
-                ],
-            }],
-            "volumes": [
-                {"name": "policies", "configMap": {"name": "tokengate-policies", "optional": true}},
-                {"name": "keys", "secret": {"secretName": "tokengate-keys", "optional": true}},
-                {"name": "pod", "downwardAPI": {"items": [
-                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-            ],
-        },
-    }))
-    .expect("pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), &app_namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
-    let options = PodRunnerOptions::new("tokengate-sidecar")
-        .program("/tokengate-sidecar", &sidecar)
-        .ready_url(format!("http://127.0.0.1:{sidecar_admin}/ready"));
+    let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
+        .entrypoint([sidecar_binary.display().to_string()])
+        .port(contract::SIDECAR_PROXY_PORT, listen)
+        .port(contract::SIDECAR_ADMIN_PORT, sidecar_admin)
+        .port(8080, app.port());
     let running = RunningPod::start(&client, &pod, options)
         .await
-        .expect("run the sidecar container");
+        .expect("run the injected sidecar container");
     let token = idp.token(jsonwebtoken::Algorithm::RS256);
     assert_eq!(http_get(listen, None).await.0, 401, "no token");
     let (status, response) = http_get(listen, Some(&token)).await;
@@ -750,6 +876,16 @@ async fn helm_installs_runs_upgrades_and_uninstalls_without_orphans() {
             .is_ok(),
         "the CRD stays (helm never deletes CRDs)"
     );
+}
+
+/// The injected sidecar of `pod`, if it has one.
+fn sidecar_of(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == contract::SIDECAR_CONTAINER)
 }
 
 /// A plain HTTP/1.1 GET of `/orders` with an optional bearer token.

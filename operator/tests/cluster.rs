@@ -73,10 +73,14 @@ async fn install(cp: &'static ControlPlane, client: &Client) -> Result<Operator,
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let namespaced = || Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
         match value["kind"].as_str() {
             Some("ServiceAccount") => {
-                apply::<ServiceAccount>(&namespaced(), &name, &from_json(value)).await?;
+                apply::<ServiceAccount>(
+                    &Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
+                    &name,
+                    &from_json(value),
+                )
+                .await?;
             }
             Some("ClusterRole") => {
                 apply::<ClusterRole>(&Api::all(client.clone()), &name, &from_json(value)).await?;
@@ -85,9 +89,21 @@ async fn install(cp: &'static ControlPlane, client: &Client) -> Result<Operator,
                 let binding: ClusterRoleBinding = from_json(value);
                 apply(&Api::all(client.clone()), &name, &binding).await?;
             }
-            Some("Role") => apply::<Role>(&namespaced(), &name, &from_json(value)).await?,
+            Some("Role") => {
+                apply::<Role>(
+                    &Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
+                    &name,
+                    &from_json(value),
+                )
+                .await?
+            }
             Some("RoleBinding") => {
-                apply::<RoleBinding>(&namespaced(), &name, &from_json(value)).await?;
+                apply::<RoleBinding>(
+                    &Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
+                    &name,
+                    &from_json(value),
+                )
+                .await?;
             }
             other => return Err(format!("unexpected kind {other:?} in rbac.yaml")),
         }
@@ -1328,10 +1344,10 @@ mod webhooks {
     /// The shipped configurations, calling `https://127.0.0.1:{port}` instead of the Service.
     async fn register(client: &Client, port: u16) -> Result<(), String> {
         let mut documents = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(include_str!("../deploy/webhooks.yaml"))
-        {
-            let mut value: Value = serde::Deserialize::deserialize(document)
+        let parsed: Vec<Value> =
+            serde_saphyr::from_multiple(include_str!("../deploy/webhooks.yaml"))
                 .map_err(|e| format!("webhooks.yaml: {e}"))?;
+        for mut value in parsed {
             for webhook in value["webhooks"].as_array_mut().into_iter().flatten() {
                 let path = webhook["clientConfig"]["service"]["path"].clone();
                 let path = path.as_str().ok_or("a webhook without a service path")?;
@@ -1499,7 +1515,7 @@ mod webhooks {
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
         assert_eq!(
             sidecar.args.as_deref(),
-            Some(contract::sidecar_run_args(port).as_slice())
+            Some(contract::sidecar_run_args(port, &contract::SidecarTuning::default()).as_slice())
         );
         let proxy = &sidecar.ports.as_deref().expect("sidecar ports")[0];
         assert_eq!(proxy.name.as_deref(), Some("http"), "the name moved");

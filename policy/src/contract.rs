@@ -2,6 +2,8 @@
 //! sidecar must agree on, in one place. The operator writes what this module says; the sidecar
 //! reads it; tests on both sides import it instead of spelling the values again.
 
+use std::time::Duration;
+
 /// Field manager of every server-side apply the operator makes, and the value of the
 /// `app.kubernetes.io/managed-by` label on what it renders.
 pub const MANAGER: &str = "tokengate-operator";
@@ -88,11 +90,48 @@ pub fn is_valid_key_file_part(part: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
+/// What the operator's configuration (the chart's `sidecar.*` values) sets on every injected
+/// sidecar beyond the contract's paths and ports. Unset, the sidecar's own default applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SidecarTuning {
+    /// `--log-format`: `text` or `json`.
+    pub log_format: Option<String>,
+    /// `--upstream-timeout`: time allowed for the application's response headers.
+    pub upstream_timeout: Option<Duration>,
+    /// `--idle-timeout`: time a client connection may stay open with no request in flight.
+    pub idle_timeout: Option<Duration>,
+    /// `--header-read-timeout`: time a client has to send its request headers.
+    pub header_read_timeout: Option<Duration>,
+    /// `--drain-timeout`: time in-flight requests get to finish after SIGTERM.
+    pub drain_timeout: Option<Duration>,
+}
+
+impl SidecarTuning {
+    /// The flags for what is set, durations in milliseconds.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(format) = &self.log_format {
+            args.push(format!("--log-format={format}"));
+        }
+        for (flag, value) in [
+            ("--upstream-timeout", self.upstream_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if let Some(value) = value {
+                args.push(format!("{flag}={}ms", value.as_millis()));
+            }
+        }
+        args
+    }
+}
+
 /// The sidecar's command-line arguments (after the program name) for an injected pod whose
 /// application listens on `app_port`: the bundle and labels at the paths above, the proxy and
-/// admin ports above on every address, the application on loopback.
-pub fn sidecar_run_args(app_port: u16) -> Vec<String> {
-    vec![
+/// admin ports above on every address, the application on loopback, then `tuning`.
+pub fn sidecar_run_args(app_port: u16, tuning: &SidecarTuning) -> Vec<String> {
+    let mut args = vec![
         "run".to_owned(),
         "--bundle".to_owned(),
         BUNDLE_DIR.to_owned(),
@@ -104,7 +143,9 @@ pub fn sidecar_run_args(app_port: u16) -> Vec<String> {
         format!("http://127.0.0.1:{app_port}"),
         "--admin".to_owned(),
         format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
-    ]
+    ];
+    args.extend(tuning.args());
+    args
 }
 
 #[cfg(test)]
@@ -135,12 +176,28 @@ mod tests {
 
     #[test]
     fn run_args_name_the_contract_paths_and_ports() {
-        let args = sidecar_run_args(8080);
+        let args = sidecar_run_args(8080, &SidecarTuning::default());
         let joined = args.join(" ");
         assert!(joined.starts_with("run --bundle /var/run/tokengate/bundle "));
         assert!(joined.contains("--pod-labels /var/run/tokengate/pod/labels"));
         assert!(joined.contains("--listen 0.0.0.0:15080"));
         assert!(joined.contains("--upstream http://127.0.0.1:8080"));
         assert!(joined.contains("--admin 0.0.0.0:15081"));
+        assert!(!joined.contains("timeout") && !joined.contains("log-format"));
+        let tuned = SidecarTuning {
+            log_format: Some("json".to_owned()),
+            upstream_timeout: Some(Duration::from_millis(1500)),
+            drain_timeout: Some(Duration::from_secs(20)),
+            ..SidecarTuning::default()
+        };
+        let args = sidecar_run_args(8080, &tuned);
+        assert_eq!(
+            &args[args.len() - 3..],
+            [
+                "--log-format=json",
+                "--upstream-timeout=1500ms",
+                "--drain-timeout=20000ms"
+            ]
+        );
     }
 }

@@ -37,6 +37,8 @@ pub struct SidecarSettings {
     pub resources: ResourceRequirements,
     /// The user and group the sidecar runs as (non-root).
     pub run_as_user: i64,
+    /// Log format and timeouts passed on as arguments.
+    pub tuning: contract::SidecarTuning,
 }
 
 /// Everything the decision depends on besides the pod.
@@ -458,7 +460,10 @@ fn sidecar_container(protected: &ProtectedPort, settings: &SidecarSettings) -> C
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
         // The image's entrypoint is the sidecar binary; the contract builds its arguments.
-        args: Some(contract::sidecar_run_args(protected.number)),
+        args: Some(contract::sidecar_run_args(
+            protected.number,
+            &settings.tuning,
+        )),
         restart_policy: Some("Always".to_owned()),
         ports: Some(vec![
             tcp(
@@ -584,6 +589,7 @@ mod tests {
                     claims: None,
                 },
                 run_as_user: 65532,
+                tuning: contract::SidecarTuning::default(),
             },
             excluded_namespaces: vec!["kube-system".to_owned(), "tokengate-system".to_owned()],
         }
@@ -649,7 +655,7 @@ mod tests {
             };
             cases += 1;
             let text = std::fs::read_to_string(&path).expect("pod file");
-            let input: Pod = serde_yaml::from_str(&text).expect("pod file is a Pod");
+            let input: Pod = serde_saphyr::from_str(&text).expect("pod file is a Pod");
             let (patch, patched) = injected(&input);
             let actual = serde_json::to_string_pretty(&patch).expect("patch") + "\n";
             let golden = testdata().join(format!("{case}.patch.json"));
@@ -689,7 +695,7 @@ mod tests {
         let sidecar = sidecar(&patched);
         assert_eq!(
             sidecar.args.as_deref(),
-            Some(contract::sidecar_run_args(8080).as_slice())
+            Some(contract::sidecar_run_args(8080, &contract::SidecarTuning::default()).as_slice())
         );
         let security = sidecar.security_context.as_ref().expect("securityContext");
         assert_eq!(security.run_as_non_root, Some(true));
@@ -727,7 +733,7 @@ mod tests {
             .flatten()
             .map(|m| m.mount_path.as_str())
             .collect();
-        let args = contract::sidecar_run_args(8080).join(" ");
+        let args = contract::sidecar_run_args(8080, &contract::SidecarTuning::default()).join(" ");
         for mount in &mounts {
             let parent = Path::new(mount)
                 .parent()
@@ -836,7 +842,7 @@ mod tests {
         let sidecar = sidecar(&patched);
         assert_eq!(
             sidecar.args.as_deref(),
-            Some(contract::sidecar_run_args(3000).as_slice())
+            Some(contract::sidecar_run_args(3000, &contract::SidecarTuning::default()).as_slice())
         );
         let ports = sidecar.ports.as_deref().expect("ports");
         assert_eq!(

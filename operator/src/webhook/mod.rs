@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
+use tokengate_policy::contract;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -140,6 +141,27 @@ pub struct WebhookArgs {
     /// User and group id the sidecar runs as (never root).
     #[arg(long, default_value_t = 65532, value_parser = clap::value_parser!(i64).range(1..), env = "TOKENGATE_SIDECAR_RUN_AS_USER")]
     pub sidecar_run_as_user: i64,
+
+    /// Log format of injected sidecars; the sidecar's default (text) when unset.
+    #[arg(long, value_parser = ["text", "json"], env = "TOKENGATE_SIDECAR_LOG_FORMAT")]
+    pub sidecar_log_format: Option<String>,
+
+    /// `--upstream-timeout` of injected sidecars (the application's response headers).
+    #[arg(long, value_parser = humantime::parse_duration, env = "TOKENGATE_SIDECAR_UPSTREAM_TIMEOUT")]
+    pub sidecar_upstream_timeout: Option<Duration>,
+
+    /// `--idle-timeout` of injected sidecars (idle client connections).
+    #[arg(long, value_parser = humantime::parse_duration, env = "TOKENGATE_SIDECAR_IDLE_TIMEOUT")]
+    pub sidecar_idle_timeout: Option<Duration>,
+
+    /// `--header-read-timeout` of injected sidecars (a client's request headers).
+    #[arg(long, value_parser = humantime::parse_duration, env = "TOKENGATE_SIDECAR_HEADER_READ_TIMEOUT")]
+    pub sidecar_header_read_timeout: Option<Duration>,
+
+    /// `--drain-timeout` of injected sidecars (in-flight requests after SIGTERM); keep it
+    /// below the pods' terminationGracePeriodSeconds.
+    #[arg(long, value_parser = humantime::parse_duration, env = "TOKENGATE_SIDECAR_DRAIN_TIMEOUT")]
+    pub sidecar_drain_timeout: Option<Duration>,
 }
 
 impl WebhookArgs {
@@ -192,6 +214,13 @@ impl WebhookArgs {
                     claims: None,
                 },
                 run_as_user: self.sidecar_run_as_user,
+                tuning: contract::SidecarTuning {
+                    log_format: self.sidecar_log_format.clone(),
+                    upstream_timeout: self.sidecar_upstream_timeout,
+                    idle_timeout: self.sidecar_idle_timeout,
+                    header_read_timeout: self.sidecar_header_read_timeout,
+                    drain_timeout: self.sidecar_drain_timeout,
+                },
             },
             excluded_namespaces: vec!["kube-system".to_owned(), operator_namespace.to_owned()],
         })
@@ -393,15 +422,16 @@ mod tests {
         let defaults = Flags::try_parse_from(["tokengate-operator"])
             .expect("defaults")
             .webhook;
-        let mut documents =
-            serde_yaml::Deserializer::from_str(include_str!("../../deploy/webhooks.yaml"));
+        let documents: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(include_str!("../../deploy/webhooks.yaml"))
+                .expect("webhooks.yaml parses");
+        let [mutating, validating] = documents.as_slice() else {
+            panic!("webhooks.yaml holds the two configurations");
+        };
         let mutating: MutatingWebhookConfiguration =
-            serde::Deserialize::deserialize(documents.next().expect("the mutating configuration"))
-                .expect("a MutatingWebhookConfiguration");
-        let validating: ValidatingWebhookConfiguration = serde::Deserialize::deserialize(
-            documents.next().expect("the validating configuration"),
-        )
-        .expect("a ValidatingWebhookConfiguration");
+            serde_json::from_value(mutating.clone()).expect("a MutatingWebhookConfiguration");
+        let validating: ValidatingWebhookConfiguration =
+            serde_json::from_value(validating.clone()).expect("a ValidatingWebhookConfiguration");
         assert_eq!(
             mutating.metadata.name.as_deref(),
             Some(defaults.mutating_configuration.as_str())
@@ -450,6 +480,9 @@ mod tests {
             "--sidecar-image=registry.example/sidecar:9",
             "--sidecar-cpu-limit=1",
             "--sidecar-memory-limit=256Mi",
+            "--sidecar-log-format=json",
+            "--sidecar-upstream-timeout=30s",
+            "--sidecar-drain-timeout=20s",
         ])
         .expect("flags parse");
         let settings = flags
@@ -461,6 +494,15 @@ mod tests {
         let limits = settings.sidecar.resources.limits.expect("limits");
         assert_eq!(limits["cpu"].0, "1");
         assert_eq!(limits["memory"].0, "256Mi");
+        assert_eq!(
+            contract::sidecar_run_args(8080, &settings.sidecar.tuning)
+                [contract::sidecar_run_args(8080, &contract::SidecarTuning::default()).len()..],
+            [
+                "--log-format=json",
+                "--upstream-timeout=30000ms",
+                "--drain-timeout=20000ms"
+            ]
+        );
         assert_eq!(
             settings.excluded_namespaces,
             ["kube-system", "tokengate-system"]

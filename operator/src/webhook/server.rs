@@ -335,7 +335,7 @@ mod tests {
     #[ignore = "a measurement, run by hand"]
     fn cost_of_one_review() {
         let text = include_str!("testdata/inject/deployment-pod.pod.yaml");
-        let pod: Value = serde_yaml::from_str(text).expect("pod");
+        let pod: Value = serde_saphyr::from_str(text).expect("pod");
         let body = serde_json::to_vec(&json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {

@@ -164,12 +164,27 @@ fn run_accepts_the_arguments_the_contract_builds() {
     use tokengate_policy::contract;
     use tokengate_sidecar::cli::{Cli, Command};
 
-    let args =
-        std::iter::once("tokengate-sidecar".to_owned()).chain(contract::sidecar_run_args(8080));
+    use std::time::Duration;
+
+    // Every tuning flag set, as the operator writes them from the chart's values.
+    let tuning = contract::SidecarTuning {
+        log_format: Some("json".to_owned()),
+        upstream_timeout: Some(Duration::from_millis(1500)),
+        idle_timeout: Some(Duration::from_secs(90)),
+        header_read_timeout: Some(Duration::from_secs(3)),
+        drain_timeout: Some(Duration::from_secs(20)),
+    };
+    let args = std::iter::once("tokengate-sidecar".to_owned())
+        .chain(contract::sidecar_run_args(8080, &tuning));
     let cli = Cli::try_parse_from(args).expect("the sidecar parses the contract's arguments");
+    assert!(matches!(cli.log_format, tokengate_runtime::LogFormat::Json));
     let Command::Run(run) = cli.command else {
         panic!("not a run command");
     };
+    assert_eq!(run.upstream_timeout, Duration::from_millis(1500));
+    assert_eq!(run.idle_timeout, Duration::from_secs(90));
+    assert_eq!(run.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(run.drain_timeout, Duration::from_secs(20));
     let config = run.into_config();
     let bundle = config.bundle.expect("bundle");
     assert_eq!(bundle, std::path::Path::new(contract::BUNDLE_DIR));
