@@ -10,7 +10,7 @@ helm="${TOKENGATE_HELM_BIN:-$(bash "$root/testkit/controlplane/build.sh" --print
     echo "# Generated from charts/tokengate by scripts/generate-rbac.sh; do not edit."
     echo "# The ServiceAccount and RBAC the chart grants the operator (release tokengate in"
     echo "# tokengate-system); the operator's cluster tests run with exactly these rules."
-    "$helm" template tokengate "$root/charts/tokengate" --namespace tokengate-system \
+    "$helm" template tokengate "$root/charts/tokengate" --namespace tokengate-system --kube-version v1.36.3 \
         --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml
 } >"$root/operator/deploy/rbac.yaml.tmp"
 mv "$root/operator/deploy/rbac.yaml.tmp" "$root/operator/deploy/rbac.yaml"
