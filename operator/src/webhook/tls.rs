@@ -26,6 +26,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
@@ -384,6 +385,27 @@ pub struct WebhookConfigurations {
 }
 
 impl WebhookConfigurations {
+    /// An owner reference to the mutating configuration, so that the operator's TLS Secret
+    /// goes with the configurations (`helm uninstall`, `kubectl delete`) instead of outliving
+    /// them. None while the configuration does not exist or cannot be read.
+    pub async fn owner(&self) -> Option<OwnerReference> {
+        let api = Api::<MutatingWebhookConfiguration>::all(self.client.clone());
+        match api.get_opt(&self.mutating).await {
+            Ok(Some(configuration)) => Some(OwnerReference {
+                api_version: "admissionregistration.k8s.io/v1".to_owned(),
+                kind: "MutatingWebhookConfiguration".to_owned(),
+                name: self.mutating.clone(),
+                uid: configuration.metadata.uid?,
+                ..OwnerReference::default()
+            }),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(error = %err, "reading the mutating webhook configuration");
+                None
+            }
+        }
+    }
+
     /// Sets `caBundle` on every webhook of both configurations that does not hold `bundle`;
     /// returns how many entries changed.
     pub async fn ensure_ca_bundle(&self, bundle: &str) -> Result<usize> {
@@ -470,7 +492,7 @@ pub async fn run_managed(
     let mut last_bundle_check = tokio::time::Instant::now();
     let mut served: Option<Material> = None;
     loop {
-        match sync_managed(&secrets, &secret_name, &settings).await {
+        match sync_managed(&secrets, &secret_name, &settings, &configurations).await {
             Ok(Some(tls)) => {
                 if served.as_ref() != Some(&tls.material) {
                     sink.serve(&tls.material, Some(tls.state.serving.not_after));
@@ -524,6 +546,7 @@ async fn sync_managed(
     secrets: &Api<Secret>,
     name: &str,
     settings: &RotationSettings,
+    configurations: &WebhookConfigurations,
 ) -> Result<Option<ManagedTls>> {
     let secret = secrets
         .get_opt(name)
@@ -533,8 +556,34 @@ async fn sync_managed(
         .as_ref()
         .and_then(|s| s.data.as_ref())
         .and_then(ManagedTls::from_data);
+    // The owner is looked up only while the Secret has none (it may be made before the
+    // configurations exist).
+    let owner = match &secret {
+        Some(s)
+            if s.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| !o.is_empty()) =>
+        {
+            None
+        }
+        _ => configurations.owner().await,
+    };
     let now = unix_now()?;
     let Some((next, changes)) = rotate(current.as_ref(), now, settings)? else {
+        if let (Some(owner), Some(existing)) = (&owner, &secret) {
+            let patch = json!({"metadata": {
+                "resourceVersion": existing.metadata.resource_version,
+                "ownerReferences": [owner],
+            }});
+            // A conflict means another replica wrote first; the next round retries.
+            if let Err(err) = secrets
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(error = %err, "owning the webhook TLS Secret");
+            }
+        }
         return current
             .map(Some)
             .ok_or_else(|| anyhow!("Secret {name} holds no state and none was made"));
@@ -552,6 +601,7 @@ async fn sync_managed(
                         )]
                         .into(),
                     ),
+                    owner_references: owner.clone().map(|o| vec![o]),
                     ..ObjectMeta::default()
                 },
                 data: Some(data),
@@ -562,10 +612,13 @@ async fn sync_managed(
         }
         Some(existing) => {
             // The resourceVersion makes this a compare-and-swap between replicas.
-            let patch = json!({
+            let mut patch = json!({
                 "metadata": {"resourceVersion": existing.metadata.resource_version},
                 "data": data,
             });
+            if let Some(owner) = &owner {
+                patch["metadata"]["ownerReferences"] = json!([owner]);
+            }
             secrets
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
