@@ -17,10 +17,9 @@ CONTROLPLANE_BIN := $(shell bash testkit/controlplane/build.sh --print-bin-dir)
 controlplane:
 	bash testkit/controlplane/build.sh controlplane
 
-# kubectl and helm, for the tier that applies what users apply with the tools users use (same
+# kubectl and helm, for the tests that apply what users apply with the tools users use (same
 # build script and cache; kubectl is the control plane's release).
 KUBECTL_BIN := $(shell bash testkit/controlplane/build.sh --print-kubectl-bin-dir)
-HELM_BIN := $(shell bash testkit/controlplane/build.sh --print-helm-bin-dir)
 
 kubectl:
 	bash testkit/controlplane/build.sh kubectl

@@ -141,86 +141,68 @@ kubernetes_ldflags() {
     echo "$ldflags"
 }
 
-# Builds into a temporary sibling directory and renames it into place, so an interrupted build
-# never leaves a partial cache behind.
-build_controlplane() {
-    if [[ -x "$controlplane_dir/bin/kube-apiserver" && -x "$controlplane_dir/bin/kube-controller-manager" && -x "$controlplane_dir/bin/etcd" ]]; then
-        log "cached: $controlplane_dir/bin"
+# Builds the binaries named by $2 (space-separated) into cache directory $1 unless all are there:
+# `$3 TMP` writes them to TMP/bin in a temporary sibling directory, which is then renamed into
+# place, so an interrupted build never leaves a partial cache behind.
+cached_build() {
+    local dir="$1" binaries="$2" build="$3" binary missing=""
+    for binary in $binaries; do
+        [[ -x "$dir/bin/$binary" ]] || missing=1
+    done
+    if [[ -z "$missing" ]]; then
+        log "cached: $dir/bin"
         return
     fi
     require_go
-    mkdir -p "$(dirname "$controlplane_dir")"
-    remove_stale_tmp "$controlplane_dir"
-    tmp_dir="$(mktemp -d "$controlplane_dir.tmp.XXXXXX")"
+    mkdir -p "$(dirname "$dir")"
+    remove_stale_tmp "$dir"
+    tmp_dir="$(mktemp -d "$dir.tmp.XXXXXX")"
     chmod 755 "$tmp_dir"
-    local tmp="$tmp_dir"
+    "$build" "$tmp_dir"
+    if ! mv -T "$tmp_dir" "$dir" 2>/dev/null; then
+        # Another build finished first; its result is as good as ours.
+        for binary in $binaries; do
+            [[ -x "$dir/bin/$binary" ]] || die "could not move $binary into $dir"
+        done
+        rm -rf "$tmp_dir"
+    fi
+    tmp_dir=""
+    log "built: $dir/bin"
+}
 
-    local ldflags
-    ldflags="$(kubernetes_ldflags)"
-
+compile_controlplane() {
+    local tmp="$1"
     log "building etcd ${ETCD_VERSION}"
     (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3)
     log "building kube-apiserver and kube-controller-manager ${K8S_VERSION} (cold: 10-20 min)"
-    (cd "$here/kubernetes" && go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$tmp/bin/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
-
+    (cd "$here/kubernetes" && go build -trimpath -tags selinux,notest -ldflags "$(kubernetes_ldflags)" \
+        -o "$tmp/bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
     "$tmp/bin/kube-apiserver" --version >&2
     "$tmp/bin/etcd" --version >&2
-    if ! mv -T "$tmp" "$controlplane_dir" 2>/dev/null; then
-        # Another build finished first; its result is as good as ours.
-        [[ -x "$controlplane_dir/bin/kube-apiserver" ]] || die "could not move binaries into $controlplane_dir"
-        rm -rf "$tmp"
-    fi
-    tmp_dir=""
-    log "built: $controlplane_dir/bin"
 }
 
-build_helm() {
-    if [[ -x "$helm_dir/bin/helm" ]]; then
-        log "cached: $helm_dir/bin"
-        return
-    fi
-    require_go
-    mkdir -p "$(dirname "$helm_dir")"
-    remove_stale_tmp "$helm_dir"
-    tmp_dir="$(mktemp -d "$helm_dir.tmp.XXXXXX")"
-    chmod 755 "$tmp_dir"
-    local tmp="$tmp_dir"
+compile_helm() {
+    local tmp="$1"
     log "building helm ${HELM_VERSION}"
     (cd "$here/helm" && go build -trimpath \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
         -o "$tmp/bin/helm" helm.sh/helm/v3/cmd/helm)
     "$tmp/bin/helm" version --short >&2
-    if ! mv -T "$tmp" "$helm_dir" 2>/dev/null; then
-        [[ -x "$helm_dir/bin/helm" ]] || die "could not move helm into $helm_dir"
-        rm -rf "$tmp"
-    fi
-    tmp_dir=""
-    log "built: $helm_dir/bin"
 }
 
-build_kubectl() {
-    if [[ -x "$kubectl_dir/bin/kubectl" ]]; then
-        log "cached: $kubectl_dir/bin"
-        return
-    fi
-    require_go
-    mkdir -p "$(dirname "$kubectl_dir")"
-    remove_stale_tmp "$kubectl_dir"
-    tmp_dir="$(mktemp -d "$kubectl_dir.tmp.XXXXXX")"
-    chmod 755 "$tmp_dir"
-    local tmp="$tmp_dir"
+compile_kubectl() {
+    local tmp="$1"
     log "building kubectl ${K8S_VERSION}"
     (cd "$here/kubernetes" && go build -trimpath -tags notest -ldflags "$(kubernetes_ldflags)" \
         -o "$tmp/bin/kubectl" k8s.io/kubernetes/cmd/kubectl)
     "$tmp/bin/kubectl" version --client >&2
-    if ! mv -T "$tmp" "$kubectl_dir" 2>/dev/null; then
-        [[ -x "$kubectl_dir/bin/kubectl" ]] || die "could not move kubectl into $kubectl_dir"
-        rm -rf "$tmp"
-    fi
-    tmp_dir=""
-    log "built: $kubectl_dir/bin"
 }
+
+build_controlplane() {
+    cached_build "$controlplane_dir" "kube-apiserver kube-controller-manager etcd" compile_controlplane
+}
+build_helm() { cached_build "$helm_dir" helm compile_helm; }
+build_kubectl() { cached_build "$kubectl_dir" kubectl compile_kubectl; }
 
 case "${1:-all}" in
 --print-bin-dir) echo "$controlplane_dir/bin" ;;

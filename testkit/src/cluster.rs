@@ -278,15 +278,21 @@ pub fn bin_dir() -> Result<PathBuf> {
 
 /// Where `testkit/controlplane/build.sh` caches the binaries for its pinned versions.
 fn default_bin_dir() -> Result<PathBuf> {
+    build_script_dir("--print-bin-dir")
+}
+
+/// A cache directory of `testkit/controlplane/build.sh`, as its `flag` (`--print-...-dir`)
+/// prints it.
+fn build_script_dir(flag: &str) -> Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
     let output = Command::new("bash")
         .arg(&script)
-        .arg("--print-bin-dir")
+        .arg(flag)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !output.status.success() {
         bail!(
-            "{} --print-bin-dir failed: {}",
+            "{} {flag} failed: {}",
             script.display(),
             String::from_utf8_lossy(&output.stderr)
         );

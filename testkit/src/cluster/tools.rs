@@ -57,7 +57,7 @@ impl Tool {
     fn find(name: &str, env: &str, flag: &str, kubeconfig: &Path, home: &Path) -> Result<Self> {
         let dir = match std::env::var_os(env) {
             Some(dir) => PathBuf::from(dir),
-            None => build_script_dir(flag)?,
+            None => super::build_script_dir(flag)?,
         };
         let program = dir.join(name);
         if !program.is_file() {
@@ -149,22 +149,4 @@ impl Tool {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
-}
-
-fn build_script_dir(flag: &str) -> Result<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(flag)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} {flag} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let dir = String::from_utf8(output.stdout).context("build script output is not UTF-8")?;
-    Ok(PathBuf::from(dir.trim()))
 }
