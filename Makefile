@@ -20,6 +20,7 @@ controlplane:
 # kubectl and helm, for the tests that apply what users apply with the tools users use (same
 # build script and cache; kubectl is the control plane's release).
 KUBECTL_BIN := $(shell bash testkit/controlplane/build.sh --print-kubectl-bin-dir)
+HELM_BIN := $(shell bash testkit/controlplane/build.sh --print-helm-bin-dir)
 
 kubectl:
 	bash testkit/controlplane/build.sh kubectl
