@@ -968,7 +968,7 @@ mod tests {
     #[test]
     fn keys_must_have_exactly_one_form_and_valid_material() {
         let errs = errors(
-            "  selector: {matchLabels: {app: a}}\n  validateJwt:\n    issuerSigningKeys:\n      - {value: c2hvcnQ=}\n      - {n: abc}\n      - {pem: x, value: y}\n      - {secretRef: {name: s, key: k}}\n",
+            "  selector: {matchLabels: {app: a}}\n  validateJwt:\n    issuerSigningKeys:\n      - {value: c2hvcnQ=}\n      - {n: abc}\n      - {pem: x, value: abc}\n      - {secretRef: {name: s, key: k}}\n",
         );
         let joined = errs.join("\n");
         assert!(
