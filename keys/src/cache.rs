@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use arc_swap::ArcSwapOption;
@@ -283,6 +283,12 @@ impl KeyCache {
                     .keys
                     .with_label_values(&[label])
                     .set(i64::try_from(keys.keys.len()).unwrap_or(i64::MAX));
+                if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
+                    self.metrics
+                        .fetched
+                        .with_label_values(&[label])
+                        .set(now.as_secs_f64());
+                }
                 tracing::debug!(source = %source.id, keys = keys.keys.len(), "fetched keys");
                 source.keys.store(Some(Arc::new(keys)));
                 if let Ok(mut err) = source.last_error.lock() {

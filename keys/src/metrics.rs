@@ -1,13 +1,16 @@
 //! Key-fetch metrics, registered into the registry of the process that owns the key cache (the
 //! sidecar's, or the operator's, which fetches the same sources to report `KeysResolved`).
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct KeyMetrics {
     /// `tokengate_jwks_fetch_total{source,result}`
     pub jwks_fetch: IntCounterVec,
     /// `tokengate_keys{source}`
     pub keys: IntGaugeVec,
+    /// `tokengate_keys_fetched_timestamp_seconds{source}`: when the keys held were fetched, so
+    /// their age is `time() - ` this.
+    pub fetched: GaugeVec,
 }
 
 impl KeyMetrics {
@@ -24,9 +27,21 @@ impl KeyMetrics {
             Opts::new("tokengate_keys", "Usable verification keys held, by source"),
             &["source"],
         )?;
+        let fetched = GaugeVec::new(
+            Opts::new(
+                "tokengate_keys_fetched_timestamp_seconds",
+                "Unix time of the last successful fetch of the keys held, by source",
+            ),
+            &["source"],
+        )?;
         registry.register(Box::new(jwks_fetch.clone()))?;
         registry.register(Box::new(keys.clone()))?;
-        Ok(Self { jwks_fetch, keys })
+        registry.register(Box::new(fetched.clone()))?;
+        Ok(Self {
+            jwks_fetch,
+            keys,
+            fetched,
+        })
     }
 
     /// Metrics registered nowhere, for one-shot uses such as `check`.

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokengate_policy::{TokenPolicy, contract};
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::{ControlPlane, free_port, wait_until};
+use tokengate_testkit::dashboard;
 use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tokengate-operator");
@@ -252,6 +253,7 @@ fn chart_lints_and_renders_under_every_option_set() {
                 expect("PodDisruptionBudget", false);
                 expect("Service", false);
                 expect("Lease", false);
+                expect("Role", false);
             }
         }
         if *name == "default" {
@@ -802,9 +804,16 @@ spec:
         .await
         .expect("run the injected sidecar container");
     let token = idp.token(jsonwebtoken::Algorithm::RS256);
-    assert_eq!(http_get(listen, None).await.0, 401, "no token");
-    let (status, response) = http_get(listen, Some(&token)).await;
+    assert_eq!(http_get(listen, "/orders", None).await.0, 401, "no token");
+    let (status, response) = http_get(listen, "/orders", Some(&token)).await;
     assert_eq!(status, 200, "{response}");
+    // Having reconciled and admitted, the operator serves every metric the operator panels of
+    // the chart's dashboard query.
+    let (status, exposition) = http_get(admin, "/metrics", None).await;
+    assert_eq!(status, 200, "{exposition}");
+    let selectors = dashboard::selectors(&dashboard::path()).expect("the chart's dashboard");
+    let unanswered = dashboard::unanswered(&selectors, dashboard::Component::Operator, &exposition);
+    assert!(unanswered.is_empty(), "{unanswered:#?}\n{exposition}");
     drop(running);
     let bundle = Api::<ConfigMap>::namespaced(client.clone(), &app_namespace)
         .get("tokengate-policies")
@@ -935,8 +944,8 @@ fn sidecar_of(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
         .find(|c| c.name == contract::SIDECAR_CONTAINER)
 }
 
-/// A plain HTTP/1.1 GET of `/orders` with an optional bearer token.
-async fn http_get(port: u16, token: Option<&str>) -> (u16, String) {
+/// A plain HTTP/1.1 GET of `path` with an optional bearer token.
+async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return (0, String::new());
@@ -945,7 +954,7 @@ async fn http_get(port: u16, token: Option<&str>) -> (u16, String) {
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request =
-        format!("GET /orders HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return (0, String::new());
     }

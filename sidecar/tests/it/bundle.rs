@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokengate_testkit::dashboard;
 use tokengate_testkit::echo::EchoServer;
 use tokengate_testkit::idp::{DEFAULT_AUDIENCE, IdentityProvider};
 
@@ -249,6 +250,21 @@ async fn several_matching_policies_resolve_to_the_oldest_then_by_name() {
         )
     };
     assert_eq!(conflict(&b, "zeta", "alpha"), 1.0);
+
+    // With a conflict, fetched keys, a refusal and a cached token, every sidecar panel of the
+    // chart's dashboard has something to show.
+    let token = b.bench.idp.token(Algorithm::RS256);
+    for _ in 0..2 {
+        assert_eq!(
+            b.bench.get_with_token("/", &token).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(b.bench.get("/", &[]).await.status, StatusCode::UNAUTHORIZED);
+    let exposition = String::from_utf8_lossy(&b.bench.admin_get("/metrics").await.body).to_string();
+    let selectors = dashboard::selectors(&dashboard::path()).expect("the chart's dashboard");
+    let unanswered = dashboard::unanswered(&selectors, dashboard::Component::Sidecar, &exposition);
+    assert!(unanswered.is_empty(), "{unanswered:#?}\n{exposition}");
 
     // Same age: the name decides.
     b.policies.publish(&[
