@@ -23,7 +23,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokengate_policy::{TokenPolicy, contract};
 use tokengate_testkit::cluster::tools::Tool;
-use tokengate_testkit::cluster::{ControlPlane, free_port, wait_until};
+use tokengate_testkit::cluster::{ControlPlane, free_port, http_get, wait_until};
 use tokengate_testkit::dashboard;
 use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
 
@@ -111,8 +111,14 @@ fn render_with(
     if include_crds {
         command.push("--include-crds");
     }
-    let values: Vec<String> = args
-        .iter()
+    let values = option_args(&chart, args);
+    command.extend(values.iter().map(String::as_str));
+    helm.run(&command).expect("helm template").stdout
+}
+
+/// An option set's helm arguments, its values files (`ci/...`) resolved in the chart.
+fn option_args(chart: &Path, args: &[&str]) -> Vec<String> {
+    args.iter()
         .map(|a| {
             if a.starts_with("ci/") {
                 chart.join(a).display().to_string()
@@ -120,9 +126,7 @@ fn render_with(
                 (*a).to_owned()
             }
         })
-        .collect();
-    command.extend(values.iter().map(String::as_str));
-    helm.run(&command).expect("helm template").stdout
+        .collect()
 }
 
 /// The documents of a YAML stream as JSON values (empty documents skipped), numbers normalised.
@@ -176,16 +180,7 @@ fn chart_lints_and_renders_under_every_option_set() {
     let mut figures = Vec::new();
     for (name, args) in OPTION_SETS {
         let mut lint = vec!["lint", "--strict", chart.to_str().expect("UTF-8 path")];
-        let with_paths: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if a.starts_with("ci/") {
-                    chart.join(a).display().to_string()
-                } else {
-                    (*a).to_owned()
-                }
-            })
-            .collect();
+        let with_paths = option_args(&chart, args);
         lint.extend(with_paths.iter().map(String::as_str));
         let linted = helm.run(&lint).expect("helm lint");
         assert!(
@@ -661,36 +656,10 @@ async fn helm_installs_runs_upgrades_and_uninstalls_without_orphans() {
         .spawn_as_service_account(&client, namespace, "tg-tokengate-operator", command)
         .await
         .expect("operator as the chart's ServiceAccount");
-    for (kind, name, path) in [
-        (
-            "mutatingwebhookconfiguration",
-            "tg-tokengate-injector",
-            "/inject",
-        ),
-        (
-            "validatingwebhookconfiguration",
-            "tg-tokengate-policy-validator",
-            "/validate",
-        ),
-    ] {
-        let count = if path == "/inject" { 2 } else { 1 };
-        let patch: Vec<Value> = (0..count)
-            .map(|i| {
-                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
-                       "value": {"url": format!("https://127.0.0.1:{webhook_port}{path}")}})
-            })
-            .collect();
-        kubectl
-            .run([
-                "patch",
-                kind,
-                name,
-                "--type=json",
-                "-p",
-                &serde_json::to_string(&patch).expect("patch"),
-            ])
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    set_client_configs(
+        kubectl,
+        |path| json!({"url": format!("https://127.0.0.1:{webhook_port}{path}")}),
+    );
 
     // An RSA TokenPolicy written as a person writes it, applied with kubectl; a Deployment in a
     // namespace opted in with kubectl; its Pod injected by the operator with the chart's sidecar
@@ -829,36 +798,10 @@ spec:
     );
 
     // The webhook configurations back as the chart wrote them, before helm compares them.
-    for (kind, name, path, count) in [
-        (
-            "mutatingwebhookconfiguration",
-            "tg-tokengate-injector",
-            "/inject",
-            2,
-        ),
-        (
-            "validatingwebhookconfiguration",
-            "tg-tokengate-policy-validator",
-            "/validate",
-            1,
-        ),
-    ] {
-        let service = json!({"service": {"name": "tg-tokengate-webhook", "namespace": namespace,
-                                         "path": path, "port": 443}});
-        let patch: Vec<Value> = (0..count)
-            .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"), "value": service}))
-            .collect();
-        kubectl
-            .run([
-                "patch",
-                kind,
-                name,
-                "--type=json",
-                "-p",
-                &serde_json::to_string(&patch).expect("patch"),
-            ])
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    set_client_configs(kubectl, |path| {
+        json!({"service": {"name": "tg-tokengate-webhook", "namespace": namespace,
+                           "path": path, "port": 443}})
+    });
 
     // Upgrade: options switched on and off take their objects with them.
     helm.run([
@@ -934,6 +877,42 @@ spec:
     );
 }
 
+/// Points every webhook of the install test's two configurations (release `tg`) at
+/// `client_config(path)`.
+fn set_client_configs(kubectl: &Tool, client_config: impl Fn(&str) -> Value) {
+    for (kind, name, path, count) in [
+        (
+            "mutatingwebhookconfiguration",
+            "tg-tokengate-injector",
+            "/inject",
+            2,
+        ),
+        (
+            "validatingwebhookconfiguration",
+            "tg-tokengate-policy-validator",
+            "/validate",
+            1,
+        ),
+    ] {
+        let patch: Vec<Value> = (0..count)
+            .map(|i| {
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                       "value": client_config(path)})
+            })
+            .collect();
+        kubectl
+            .run([
+                "patch",
+                kind,
+                name,
+                "--type=json",
+                "-p",
+                &serde_json::to_string(&patch).expect("patch"),
+            ])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
 /// The injected sidecar of `pod`, if it has one.
 fn sidecar_of(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
     pod.spec
@@ -942,30 +921,6 @@ fn sidecar_of(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
         .as_ref()?
         .iter()
         .find(|c| c.name == contract::SIDECAR_CONTAINER)
-}
-
-/// A plain HTTP/1.1 GET of `path` with an optional bearer token.
-async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }
 
 /// Every value in values.yaml carries a `# --` comment and a row in the chart's README table.

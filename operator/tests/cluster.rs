@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokengate_policy::TokenPolicy;
 use tokengate_testkit::cluster::tools::Tool;
-use tokengate_testkit::cluster::{ControlPlane, Process, apply_crd, free_port, wait_until};
+use tokengate_testkit::cluster::{
+    ControlPlane, Process, apply_crd, free_port, http_get, wait_until,
+};
 use tokengate_testkit::idp::IdentityProvider;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tokengate-operator");
@@ -1079,30 +1081,6 @@ async fn scale_1000_policies_across_100_namespaces() {
     }) {
         eprintln!("{line}");
     }
-}
-
-/// A plain HTTP/1.1 GET with an optional bearer token; the status code and the whole response.
-async fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: app\r\n{authorization}Connection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }
 
 /// The whole path: a Deployment in an opted-in namespace, its Pod created by the
