@@ -100,30 +100,12 @@ fn parse_expr(panel: &str, expr: &str) -> Result<Vec<Selector>> {
     Ok(found)
 }
 
-/// The samples of a Prometheus text exposition: metric name to the label sets it has.
-pub fn samples(exposition: &str) -> BTreeMap<String, Vec<BTreeSet<(String, String)>>> {
-    let mut samples: BTreeMap<String, Vec<BTreeSet<(String, String)>>> = BTreeMap::new();
-    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, _value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
-        samples.entry(name.to_owned()).or_default().push(labels);
-    }
-    samples
-}
-
 /// The selectors of `component` that `exposition` cannot answer, each with why.
 pub fn unanswered(selectors: &[Selector], component: Component, exposition: &str) -> Vec<String> {
-    let samples = samples(exposition);
+    let mut samples: BTreeMap<String, Vec<BTreeSet<(String, String)>>> = BTreeMap::new();
+    for sample in crate::metrics::samples(exposition) {
+        samples.entry(sample.name).or_default().push(sample.labels);
+    }
     selectors
         .iter()
         .filter(|s| s.component == component)

@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod dashboard;
 pub mod echo;
 pub mod idp;
+pub mod metrics;

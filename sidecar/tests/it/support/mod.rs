@@ -242,25 +242,7 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 /// Reads a sample from Prometheus text format.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(k, v)| {
-                label_text
-                    .split(',')
-                    .any(|pair| pair == format!("{k}=\"{v}\""))
-            });
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    tokengate_testkit::metrics::value(text, name, labels)
 }
 
 /// A directory as kubelet projects a ConfigMap, Secret or downward-API volume: each file lives
