@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane kubectl helm demo fuzz-short fuzz-long fuzz-tools
+.PHONY: test lint fmt build controlplane kubectl helm demo bench fuzz-short fuzz-long fuzz-tools
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -34,6 +34,11 @@ test: lint controlplane kubectl helm fuzz-short
 
 demo:
 	scripts/demo.sh
+
+# tokengate beside nginx, oauth2-proxy and Oathkeeper under the same load (scripts/bench/run.sh);
+# rewrites the table in docs/benchmarks.md. BENCH_QUICK=1: one short round. Not part of `test`.
+bench:
+	bash scripts/bench/run.sh
 
 # Fuzzing (fuzz/, outside the workspace): JWT verification, key documents, TokenPolicy YAML,
 # path normalisation and rule matching. `fuzz-short` runs each target briefly as part of

@@ -1,6 +1,7 @@
 //! Validation cost per token: signature and claim checks, no network; cold (parsing and full
 //! verification) and through the gate with its verified-token cache (a hit: route, extraction,
-//! digest, lookup, key and time rechecks).
+//! digest, lookup, key and time rechecks), for one algorithm of each kind, with one and with
+//! fifty required claims.
 
 use std::hint::black_box;
 
@@ -27,67 +28,112 @@ impl KeyFiles for NoFiles {
     }
 }
 
+/// Required claims in the policy (and matching claims in the token): one, as most policies
+/// have, and fifty, to show what each further claim check costs.
+const REQUIRED_CLAIM_COUNTS: [usize; 2] = [1, 50];
+
+/// One algorithm of each kind the sidecar verifies (RS384/512 and PS384/512 cost about what
+/// RS256 and PS256 do, HS384/512 what HS256 does).
+const ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+    Algorithm::HS256,
+];
+
 fn bench_verify(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let idp = runtime
         .block_on(IdentityProvider::start())
         .expect("identity provider");
-    let rsa = idp.current_key(KeyFamily::Rsa);
-    let p256 = idp.current_key(KeyFamily::EcP256);
-    let text = format!(
-        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{{jwk: {}}}, {{jwk: {}}}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-tests\"]\n    requiredClaims: [{{name: sub}}]\n",
-        rsa.jwk,
-        p256.jwk,
-        idp.issuer()
+    // One key of each family the sidecar verifies; the HMAC secret inline.
+    let asymmetric = [
+        KeyFamily::Rsa,
+        KeyFamily::EcP256,
+        KeyFamily::EcP384,
+        KeyFamily::Ed25519,
+    ]
+    .map(|family| format!("{{jwk: {}}}", idp.current_key(family).jwk));
+    let hmac = idp.current_key(KeyFamily::Hmac);
+    let signing_keys = format!(
+        "{}, {{id: {}, value: \"{}\"}}",
+        asymmetric.join(", "),
+        hmac.kid,
+        hmac.secret_base64.as_deref().expect("HMAC secret")
     );
-    let doc = parse_documents(&text).expect("policy").remove(0);
-    let policy = compile(&doc, &NoFiles).expect("compiles");
+    let algorithms = ALGORITHMS.map(|alg| format!("{alg:?}")).join(", ");
     let metrics = Metrics::new().expect("metrics");
-    let view = KeyView {
-        static_keys: &policy.verification.static_keys,
-        remote: Vec::new(),
-    };
-    let keys = tokengate_keys::KeyCache::new(
-        tokengate_keys::KeySettings::default(),
-        Arc::clone(&metrics.keys),
-        None,
-    )
-    .expect("key cache");
-    let gate = Gate::with(
-        keys,
-        TokenCache::new(10_000, &metrics),
-        Startup::new(StartupMode::FailClosed, std::time::Duration::ZERO),
-    );
-    gate.apply_policy(policy.clone());
     // The gate's decisions on this thread, without a scheduler hop.
     let local = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    for alg in [Algorithm::RS256, Algorithm::ES256] {
-        let token = idp.token(alg);
-        // Taken after minting: the token's nbf is its minting second.
-        let now = tokengate_sidecar::gate::unix_now() + 1.0;
-        let parse_and_verify = |token: &str| {
-            let parsed = ParsedToken::parse(token)?;
-            verify(&parsed, &policy.verification, &view, now, &mut NoTrace)
+    for claim_count in REQUIRED_CLAIM_COUNTS {
+        // Claim i is `claim{i}` with value `value{i}`; the policy requires each, with its value.
+        let required: Vec<String> = (0..claim_count)
+            .map(|i| format!("{{name: claim{i}, values: [value{i}]}}"))
+            .collect();
+        let text = format!(
+            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bench}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  validateJwt:\n    issuerSigningKeys: [{}]\n    algorithms: [{}]\n    issuers: [\"{}\"]\n    audiences: [\"api://tokengate-tests\"]\n    requiredClaims: [{}]\n",
+            signing_keys,
+            algorithms,
+            idp.issuer(),
+            required.join(", ")
+        );
+        let doc = parse_documents(&text).expect("policy").remove(0);
+        let policy = compile(&doc, &NoFiles).expect("compiles");
+        let view = KeyView {
+            static_keys: &policy.verification.static_keys,
+            remote: Vec::new(),
         };
-        parse_and_verify(&token).expect("token verifies");
-        c.bench_function(&format!("verify {alg:?} cold"), |b| {
-            b.iter(|| parse_and_verify(black_box(&token)))
-        });
-        let request = http::Request::get("/")
-            .header("authorization", format!("Bearer {token}"))
-            .body(())
-            .expect("request")
-            .into_parts()
-            .0;
-        let decide = || match local.block_on(gate.decide(black_box(&request))) {
-            Decision::Allow(permit) => permit,
-            Decision::Deny(refusal) => panic!("refused: {}", refusal.rejection),
-        };
-        decide();
-        c.bench_function(&format!("gate {alg:?} cached"), |b| b.iter(decide));
+        let keys = tokengate_keys::KeyCache::new(
+            tokengate_keys::KeySettings::default(),
+            Arc::clone(&metrics.keys),
+            None,
+        )
+        .expect("key cache");
+        let gate = Gate::with(
+            keys,
+            TokenCache::new(10_000, &metrics),
+            Startup::new(StartupMode::FailClosed, std::time::Duration::ZERO),
+        );
+        gate.apply_policy(policy.clone());
+        let mut claims = idp.claims();
+        for i in 0..claim_count {
+            claims[format!("claim{i}")] = format!("value{i}").into();
+        }
+        let claims_label = if claim_count == 1 { "claim" } else { "claims" };
+        for alg in ALGORITHMS {
+            let token = idp.sign(alg, &claims);
+            // Taken after minting: the token's nbf is its minting second.
+            let now = tokengate_sidecar::gate::unix_now() + 1.0;
+            let parse_and_verify = |token: &str| {
+                let parsed = ParsedToken::parse(token)?;
+                verify(&parsed, &policy.verification, &view, now, &mut NoTrace)
+            };
+            parse_and_verify(&token).expect("token verifies");
+            c.bench_function(
+                &format!("verify {alg:?} cold, {claim_count} required {claims_label}"),
+                |b| b.iter(|| parse_and_verify(black_box(&token))),
+            );
+            let request = http::Request::get("/")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0;
+            let decide = || match local.block_on(gate.decide(black_box(&request))) {
+                Decision::Allow(permit) => permit,
+                Decision::Deny(refusal) => panic!("refused: {}", refusal.rejection),
+            };
+            decide();
+            c.bench_function(
+                &format!("gate {alg:?} cached, {claim_count} required {claims_label}"),
+                |b| b.iter(decide),
+            );
+        }
     }
 }
 

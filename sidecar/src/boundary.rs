@@ -67,6 +67,12 @@ pub struct Prepared {
 }
 
 /// Header names (any `_`/`-` spelling) that carry a method override in common frameworks.
+// Header names removed from every request and response, parsed once: a `&str` name is parsed
+// and classified again on each use.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 const METHOD_OVERRIDE_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
@@ -170,7 +176,7 @@ fn prepare_headers(
     let upgrades = allowed_upgrades(headers, version, &policy.requests.upgrades);
     remove_hop_by_hop(headers, upgrades.is_some());
     // Only the HTTP/1.1 upgrade mechanism uses it; h2c is never passed on.
-    headers.remove("http2-settings");
+    headers.remove(HTTP2_SETTINGS);
     if let Some(upgrades) = upgrades
         && let Ok(value) = HeaderValue::from_str(&upgrades.join(", "))
     {
@@ -279,11 +285,11 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
     for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
     ] {
         headers.remove(name);
     }

@@ -139,6 +139,12 @@ pub struct RunArgs {
     /// Time allowed for the application's response headers.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// Threads serving requests. 0: the CPUs the sidecar may use (its CPU affinity and cgroup
+    /// CPU limit), at most 2, since a sidecar shares its pod's CPU with the application. With
+    /// 1 everything runs on one thread, which costs the least per request.
+    #[arg(long, default_value_t = 0, env = "TOKENGATE_WORKER_THREADS")]
+    pub worker_threads: usize,
 }
 
 #[derive(Args, Debug)]
@@ -199,6 +205,31 @@ pub struct CheckArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+/// Most worker threads chosen when `--worker-threads` is 0.
+pub const DEFAULT_MAX_WORKER_THREADS: usize = 2;
+
+/// The worker threads `--worker-threads` asks for: `requested`, or when 0 the CPUs available
+/// (`available`, from the affinity mask and cgroup quota) up to [`DEFAULT_MAX_WORKER_THREADS`].
+pub fn worker_threads(requested: usize, available: Option<usize>) -> usize {
+    match requested {
+        0 => available.unwrap_or(1).clamp(1, DEFAULT_MAX_WORKER_THREADS),
+        n => n,
+    }
+}
+
+/// The runtime the proxy runs on: a single-threaded one for one worker (no work stealing, no
+/// cross-thread wake-ups), else a multi-threaded one with `workers` threads.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 impl RunArgs {
@@ -269,4 +300,36 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<bool> {
     .await;
     print!("{}", report.text);
     Ok(report.allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_follow_the_cpus_available_up_to_two() {
+        assert_eq!(worker_threads(0, Some(1)), 1);
+        assert_eq!(worker_threads(0, Some(2)), 2);
+        assert_eq!(worker_threads(0, Some(64)), DEFAULT_MAX_WORKER_THREADS);
+        // Unknown: one thread.
+        assert_eq!(worker_threads(0, None), 1);
+        // Asked for: as asked, beyond the default cap too.
+        assert_eq!(worker_threads(1, Some(8)), 1);
+        assert_eq!(worker_threads(4, Some(1)), 4);
+    }
+
+    #[test]
+    fn one_worker_is_a_single_threaded_runtime() {
+        let single = runtime(1).expect("runtime");
+        assert_eq!(
+            single.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let multi = runtime(2).expect("runtime");
+        assert_eq!(
+            multi.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert_eq!(multi.metrics().num_workers(), 2);
+    }
 }

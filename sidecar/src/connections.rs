@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
@@ -108,6 +108,10 @@ impl Drop for Admission {
 impl Admission {
     /// Resolves when the connection has outlived its deadline, with the reason (a metric
     /// label). Never while a request is in flight.
+    ///
+    /// Requests do not wake this: while they come and go a deadline only moves later, so
+    /// sleeping until the earliest the deadline can be and then looking again is never late,
+    /// and a request costs two atomic updates rather than two wake-ups of its connection.
     pub async fn expired(&self) -> &'static str {
         let limits = &self.connections.limits;
         let mut pressure = self.connections.pressure.subscribe();
@@ -120,26 +124,29 @@ impl Admission {
                     timeout
                 }
             };
+            let (first_request_timeout, idle_timeout) = (
+                limit(limits.first_request_timeout),
+                limit(limits.idle_timeout),
+            );
             let now = Instant::now();
             let activity = &self.activity;
+            let later = |timeout: Duration| now.checked_add(timeout).unwrap_or(now);
             let wake = if activity.in_flight.load(Ordering::Acquire) > 0 {
-                // Checked again later; requests in flight are never cut.
-                now + limits.idle_timeout
+                // Checked again later; requests in flight are never cut. The idle deadline
+                // of a request still in flight is at least this far away.
+                later(idle_timeout)
             } else {
-                let (since, timeout, reason) = if activity.started.load(Ordering::Acquire) == 0 {
-                    (
-                        activity.accepted,
-                        limit(limits.first_request_timeout),
-                        "first_request_timeout",
-                    )
+                let started = activity.started.load(Ordering::Acquire) > 0;
+                let (since, timeout, reason) = if started {
+                    (activity.last_finished(), idle_timeout, "idle_timeout")
                 } else {
                     (
-                        activity.last_finished(),
-                        limit(limits.idle_timeout),
-                        "idle_timeout",
+                        activity.accepted,
+                        first_request_timeout,
+                        "first_request_timeout",
                     )
                 };
-                let deadline = since.checked_add(timeout).unwrap_or(now + timeout);
+                let deadline = since.checked_add(timeout).unwrap_or(later(timeout));
                 if deadline <= now {
                     self.connections
                         .metrics
@@ -148,12 +155,16 @@ impl Admission {
                         .inc();
                     return reason;
                 }
-                deadline
+                if started {
+                    deadline
+                } else {
+                    // A first request may yet start and end at once: its idle deadline would
+                    // come before this one when the idle timeout is the shorter.
+                    deadline.min(later(idle_timeout))
+                }
             };
             tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {}
-                // A request started or ended: the deadline moves.
-                () = activity.changed.notified() => {}
                 changed = pressure.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep_until(wake.into()).await;
@@ -171,8 +182,6 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `accepted` to the end of the last request.
     last_finished_ms: AtomicU64,
-    /// Signalled when a request starts or ends.
-    changed: Notify,
 }
 
 impl Activity {
@@ -182,7 +191,6 @@ impl Activity {
             started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last_finished_ms: AtomicU64::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -190,7 +198,6 @@ impl Activity {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -206,7 +213,6 @@ impl Drop for InFlight {
         let elapsed = u64::try_from(self.0.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.last_finished_ms.fetch_max(elapsed, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 

@@ -2,7 +2,7 @@
 //! back, unchanged but for the headers the policy owns.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
@@ -28,6 +29,10 @@ use crate::gate::{Decision, Gate, Permit, PermitBasis};
 use crate::metrics::Metrics;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+// Header names the proxy touches on every request, parsed once: a `&str` name is parsed and
+// classified again on each use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Which HTTP version the application speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,7 +84,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -121,13 +126,7 @@ impl Proxy {
             Decision::Deny(refusal) => {
                 let (policy_name, rejection) = (refusal.policy_name(), &refusal.rejection);
                 self.metrics
-                    .requests
-                    .with_label_values(&[policy_name, "deny", rejection.reason.as_str()])
-                    .inc();
-                self.metrics
-                    .request_duration
-                    .with_label_values(&[policy_name, "deny"])
-                    .observe(elapsed);
+                    .record_denied(policy_name, rejection.reason, elapsed);
                 tracing::info!(
                     policy = policy_name,
                     reason = rejection.reason.as_str(),
@@ -141,13 +140,7 @@ impl Proxy {
             Decision::Allow(permit) => {
                 let policy_name = permit.policy_name();
                 self.metrics
-                    .requests
-                    .with_label_values(&[policy_name, "allow", permit.basis.as_str()])
-                    .inc();
-                self.metrics
-                    .request_duration
-                    .with_label_values(&[policy_name, "allow"])
-                    .observe(elapsed);
+                    .record_allowed(policy_name, permit.basis, elapsed);
                 if let Some((_, verified)) = &permit.token {
                     tracing::debug!(
                         policy = policy_name,
@@ -157,7 +150,7 @@ impl Proxy {
                         "request permitted"
                     );
                 }
-                prepare_upstream_request(&mut parts, &permit.policy, &permit, peer);
+                prepare_upstream_request(&mut parts, &permit.policy, &permit, &peer);
                 Ok(self.forward(parts, body).await)
             }
         }
@@ -209,13 +202,14 @@ impl Proxy {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Auto => parts.version == Version::HTTP_2,
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
         let mut uri = self.upstream.base.clone().into_parts();
-        uri.path_and_query = path_and_query.parse().ok();
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         match Uri::from_parts(uri) {
             Ok(uri) => parts.uri = uri,
             Err(_) => return plain(StatusCode::BAD_REQUEST, "Bad Request"),
@@ -289,6 +283,24 @@ impl Proxy {
     }
 }
 
+/// The client end of a connection, as `X-Forwarded-For` names it: formatted once per
+/// connection rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    ip: IpAddr,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    pub fn new(address: SocketAddr) -> Self {
+        let ip = address.ip();
+        Self {
+            ip,
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+        }
+    }
+}
+
 /// The request body on its way upstream. Says when it has been sent (or abandoned), which is
 /// when the wait for the application's response begins.
 struct UpstreamBody {
@@ -342,7 +354,7 @@ fn prepare_upstream_request(
     parts: &mut http::request::Parts,
     active: &ActivePolicy,
     permit: &Permit,
-    peer: SocketAddr,
+    peer: &Peer,
 ) {
     let policy = &active.policy;
     // Hop-by-hop headers and every spelling of the claim headers left before judging.
@@ -374,16 +386,15 @@ fn prepare_upstream_request(
     if !(policy.forward_token && permit.token.is_some()) {
         strip_token_sources(&policy.extraction, &mut parts.headers, &mut parts.uri);
     }
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(existing) => format!("{existing}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => existing
+            .to_str()
+            .ok()
+            .and_then(|existing| HeaderValue::from_str(&format!("{existing}, {}", peer.ip)).ok()),
+        None => peer.forwarded_for.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        parts.headers.insert(X_FORWARDED_FOR, value);
     }
 }
 

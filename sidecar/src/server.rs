@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::connections::{ConnectionLimits, Connections, TrackedBody, connections_that_fit};
 use crate::gate::{Gate, Startup, StartupMode};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, UpstreamSettings};
+use crate::proxy::{Peer, Proxy, UpstreamSettings};
 use crate::reload::{PolicyInputs, PolicySource, watch_inputs};
 use crate::token_cache::TokenCache;
 
@@ -239,11 +239,13 @@ async fn serve_proxy(
                 let _ = stream.set_nodelay(true);
                 let proxy = Arc::clone(&proxy);
                 let activity = Arc::clone(&admission.activity);
+                let client = Peer::new(peer);
                 let service = service_fn(move |request| {
                     let in_flight = activity.request();
                     let proxy = Arc::clone(&proxy);
+                    let client = client.clone();
                     async move {
-                        let response = proxy.handle(request, peer).await?;
+                        let response = proxy.handle(request, client).await?;
                         Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
                     }
                 });

@@ -31,21 +31,10 @@ ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_root="${TOKENGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokengate}"
+source "$here/../go.sh"
 controlplane_dir="$cache_root/controlplane/${K8S_VERSION}-${ETCD_VERSION}"
 helm_dir="$cache_root/helm/${HELM_VERSION}"
 kubectl_dir="$cache_root/kubectl/${K8S_VERSION}"
-
-# The committed go.mod/go.sum are the source of truth: never let a build edit them, and never
-# let the go command fetch another toolchain behind our back.
-export GOFLAGS="-mod=readonly -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-
-# Set while a build is in progress, removed on any exit so no partial output is left behind.
-tmp_dir=""
-cleanup() { if [[ -n "$tmp_dir" ]]; then rm -rf "$tmp_dir"; fi; }
-trap cleanup EXIT
 
 # Leftovers of builds killed outright (SIGKILL skips the trap); never mistaken for a cache entry,
 # since only the final directory name counts, but they take space.
@@ -53,15 +42,6 @@ remove_stale_tmp() { find "$(dirname "$1")" -maxdepth 1 -name "$(basename "$1").
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-require_go() {
-    command -v go >/dev/null 2>&1 || die "go is not on PATH; a Go toolchain (go1.26) is needed"
-    # Module downloads go over HTTPS; a minimal image may lack the CA bundle.
-    if [[ ! -e /etc/ssl/certs/ca-certificates.crt ]] && command -v apt-get >/dev/null 2>&1; then
-        log "installing ca-certificates"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates
-    fi
-}
 
 # Writes the Kubernetes wrapper's go.mod from the go.mod that k8s.io/kubernetes itself is served
 # with: its staging modules are replaced by their published versions, since the upstream

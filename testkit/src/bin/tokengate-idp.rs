@@ -1,6 +1,7 @@
 //! Runs the test identity provider, or fetches a token from a running one.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -10,8 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
-use serde_json::Value;
-use tokengate_testkit::idp::{DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider};
+use serde_json::{Value, json};
+use tokengate_testkit::idp::{
+    DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider, KeyFamily,
+};
 
 const DEMO_CLIENT_ID: &str = "demo";
 const DEMO_CLIENT_SECRET: &str = "demo-secret";
@@ -43,6 +46,17 @@ struct Args {
     /// (repeatable).
     #[arg(long = "entra-api", value_name = "APP_ID[:VERSION]", requires = "entra_tenant", value_parser = parse_entra_api)]
     entra_apis: Vec<EntraApi>,
+
+    /// Write a token set for load tests into DIR: the public keys (`rsa.jwk.json`,
+    /// `p256.jwk.json`), one RS256 and one ES256 token (`rs256.jwt`, `es256.jwt`), one RS256
+    /// token with a broken signature (`rs256-bad-signature.jwt`), and `--unique-tokens` distinct
+    /// RS256 tokens, one a line (`rs256-unique.txt`). Tokens live for a day.
+    #[arg(long, value_name = "DIR")]
+    write_tokens: Option<PathBuf>,
+
+    /// Number of distinct RS256 tokens `--write-tokens` writes.
+    #[arg(long, default_value_t = 0, requires = "write_tokens")]
+    unique_tokens: usize,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -119,6 +133,10 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         };
         idp.register_client(id, secret);
     }
+    if let Some(dir) = &args.write_tokens {
+        write_tokens(&idp, dir, args.unique_tokens)
+            .with_context(|| format!("writing tokens to {}", dir.display()))?;
+    }
     // The issuer alone on stdout, so scripts can capture it.
     println!("{}", idp.issuer());
     eprintln!("discovery: {}", idp.discovery_url());
@@ -127,6 +145,59 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+/// Lifetime of `--write-tokens` tokens: longer than any load test.
+const WRITTEN_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// Claims of a typical access token (about the size of an Entra one without groups), so that
+/// per-token work such as hashing and claim parsing costs what it costs in practice.
+fn load_test_claims(idp: &IdentityProvider, serial: usize) -> Value {
+    let mut claims = idp.claims();
+    let iat = claims["iat"].as_u64().unwrap_or_default();
+    claims["exp"] = json!(iat + WRITTEN_TOKEN_LIFETIME_SECS);
+    claims["jti"] = json!(format!("load-{serial:08}"));
+    claims["azp"] = json!(DEMO_CLIENT_ID);
+    claims["email"] = json!("load-test@example.com");
+    claims["email_verified"] = json!(true);
+    claims["name"] = json!("Load Test");
+    claims["scp"] = json!("orders.read orders.write");
+    claims["roles"] = json!(["Orders.Read", "Orders.Write"]);
+    claims
+}
+
+fn write_tokens(idp: &IdentityProvider, dir: &Path, unique: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))
+    };
+    write(
+        "rsa.jwk.json",
+        &idp.current_key(KeyFamily::Rsa).jwk.to_string(),
+    )?;
+    write(
+        "p256.jwk.json",
+        &idp.current_key(KeyFamily::EcP256).jwk.to_string(),
+    )?;
+    let rs256 = idp.sign(Algorithm::RS256, &load_test_claims(idp, 0));
+    write("rs256.jwt", &format!("{rs256}\n"))?;
+    let es256 = idp.sign(Algorithm::ES256, &load_test_claims(idp, 0));
+    write("es256.jwt", &format!("{es256}\n"))?;
+    // Same header and claims, another token's signature: verification runs to the end and fails.
+    let signing_input = rs256.rsplit_once('.').map_or("", |(input, _)| input);
+    let other = idp.sign(Algorithm::RS256, &load_test_claims(idp, 1));
+    let other_signature = other.rsplit_once('.').map_or("", |(_, sig)| sig);
+    write(
+        "rs256-bad-signature.jwt",
+        &format!("{signing_input}.{other_signature}\n"),
+    )?;
+    let mut lines = String::new();
+    for serial in 1..=unique {
+        lines.push_str(&idp.sign(Algorithm::RS256, &load_test_claims(idp, serial)));
+        lines.push('\n');
+    }
+    write("rs256-unique.txt", &lines)?;
     Ok(())
 }
 
