@@ -2225,8 +2225,7 @@ mod webhooks {
     }
 
     fn percentile(sorted: &[Duration], q: f64) -> Duration {
-        let index = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
-        sorted[index.min(sorted.len() - 1)]
+        tokengate_testkit::metrics::nearest_rank(sorted, q).expect("latencies were measured")
     }
 
     async fn create_pods(

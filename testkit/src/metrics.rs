@@ -1,4 +1,5 @@
-//! Reading the Prometheus text exposition tokengate serves on `/metrics`, for assertions.
+//! Reading the Prometheus text exposition tokengate serves on `/metrics`, for assertions, and
+//! percentiles of what tests and load tools measure.
 
 use std::collections::BTreeSet;
 
@@ -47,4 +48,27 @@ pub fn value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .map(|s| s.value)
         .filter(|v| !v.is_nan())
         .sum()
+}
+
+/// The nearest-rank `q`-quantile (0 < `q` <= 1) of values sorted in ascending order; `None`
+/// when there are none.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod percentile_tests {
+    use super::nearest_rank;
+
+    #[test]
+    fn nearest_rank_takes_the_value_at_the_rank() {
+        let values: Vec<u32> = (1..=100).collect();
+        assert_eq!(nearest_rank(&values, 0.5), Some(50));
+        assert_eq!(nearest_rank(&values, 0.99), Some(99));
+        assert_eq!(nearest_rank(&values, 0.999), Some(100));
+        assert_eq!(nearest_rank(&values, 1.0), Some(100));
+        assert_eq!(nearest_rank(&[7u32], 0.5), Some(7));
+        assert_eq!(nearest_rank::<u32>(&[], 0.5), None);
+    }
 }

@@ -17,6 +17,7 @@ use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokengate_testkit::metrics::nearest_rank;
 use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
@@ -164,13 +165,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let quantile = |q: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        f64::from(latencies[rank - 1]) / 1000.0
-    };
+    let quantile =
+        |q: f64| nearest_rank(&latencies, q).map_or(f64::NAN, |micros| f64::from(micros) / 1000.0);
     // One line of key=value pairs (milliseconds), for scripts.
     println!(
         "requests={} errors={} rate={} seconds={:.1} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3}",
