@@ -1,7 +1,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane kubectl helm demo bench fuzz-short fuzz-long fuzz-tools
+.PHONY: test lint fmt build controlplane kubectl helm node images node-test shellcheck kind-test kind-demo \
+	demo bench fuzz-short fuzz-long fuzz-tools
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -28,9 +29,44 @@ kubectl:
 helm:
 	bash testkit/controlplane/build.sh helm
 
-test: lint controlplane kubectl helm fuzz-short
+# A real node for the node tier (tests/node.rs): kubelet, kube-proxy and kube-scheduler from the
+# same module and cache as the control plane; containerd, runc, the CNI plugins and podman from
+# Debian (testkit/node/node.sh install).
+NODE_BIN := $(shell bash testkit/controlplane/build.sh --print-node-bin-dir)
+
+node:
+	bash testkit/controlplane/build.sh node
+	bash testkit/node/node.sh install
+
+# The operator, sidecar and test images (images/build.sh): static release binaries FROM scratch,
+# built with podman, saved to target/images/*.tar for containerd and kind.
+images:
+	bash images/build.sh
+
+# Every shell script of the repository through bash -n and shellcheck (installed from Debian
+# when missing); the kind suite, which cannot run here, is checked this way.
+shellcheck:
+	bash scripts/shellcheck.sh
+
+test: lint shellcheck controlplane kubectl helm fuzz-short
 	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
 		TOKENGATE_HELM_BIN=$(HELM_BIN) $(CARGO) test --workspace
+
+# The node tier (tests/node.rs; root): tokengate from its images on a real node. Not yet part of
+# `test`: a cold build of the images costs more than the CI budget leaves.
+node-test: controlplane kubectl helm node
+	IMAGE_PROFILE=image-test bash images/build.sh
+	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
+		TOKENGATE_HELM_BIN=$(HELM_BIN) TOKENGATE_NODE_BIN=$(NODE_BIN) \
+		$(CARGO) test -p tokengate-tests --test node -- --ignored
+
+# The same steps as the node tier on a kind cluster (tests/kind/; needs kind, a container engine,
+# kubectl and helm). kind-demo leaves the cluster running with a walkthrough.
+kind-test:
+	bash tests/kind/test.sh
+
+kind-demo:
+	bash tests/kind/demo.sh
 
 demo:
 	scripts/demo.sh

@@ -3,7 +3,8 @@
 # plane, kubectl and helm; scripts/bench/build-go-tools.sh for the benchmark's peers). The caller
 # defines `log` and `die` before calling `require_go`.
 
-# Built tools are cached here, by version, outside the repository.
+# Built tools are cached here, by version, outside the repository (used by the sourcing scripts).
+# shellcheck disable=SC2034
 cache_root="${TOKENGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokengate}"
 
 # The committed go.mod/go.sum are the source of truth: never let a build edit them, and never

@@ -19,6 +19,7 @@ OAUTH2_PROXY_VERSION=v7.15.6
 OATHKEEPER_VERSION=v0.40.9
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=testkit/go.sh
 source "$here/../../testkit/go.sh"
 
 log() { printf '[bench] %s\n' "$*" >&2; }

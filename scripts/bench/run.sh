@@ -140,6 +140,8 @@ alloc_port() { # VAR
     printf -v "$1" '%s' "$next_port"
     next_port=$((next_port + 1))
 }
+# Declared here so readers (and shellcheck) see where they come from; alloc_port assigns them.
+idp_port="" upstream_port="" proxy_port="" admin_port=""
 alloc_port idp_port
 alloc_port upstream_port
 alloc_port proxy_port

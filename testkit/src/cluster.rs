@@ -13,6 +13,7 @@
 //! helm ([`tools`]).
 
 mod kubeconfig;
+pub mod node;
 pub mod pki;
 pub mod podrunner;
 pub mod process;
@@ -20,6 +21,7 @@ mod serviceaccount;
 pub mod tools;
 pub mod webhook;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,6 +61,31 @@ const CONTROLLERS: &[&str] = &[
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
 ];
+
+/// Controllers a node needs besides [`CONTROLLERS`]: Endpoints for Services (kube-proxy reads
+/// EndpointSlices, `kubectl` and people still read Endpoints) and the node's lifecycle.
+const NODE_CONTROLLERS: &[&str] = &["endpoints-controller", "node-lifecycle-controller"];
+
+/// How [`ControlPlane::start_with`] starts a control plane; [`ControlPlane::start`] takes the
+/// defaults (127.0.0.1, no node).
+#[derive(Clone, Debug)]
+pub struct ControlPlaneOptions {
+    /// The address kube-apiserver listens on and advertises (the `kubernetes` Service's
+    /// endpoint): 127.0.0.1 unless pods must reach it.
+    pub address: Ipv4Addr,
+    /// Serve a kubelet: kube-apiserver gets kubelet client credentials and keeps the
+    /// `kubernetes` Service's endpoints, the controller-manager runs [`NODE_CONTROLLERS`].
+    pub node: bool,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        ControlPlaneOptions {
+            address: Ipv4Addr::LOCALHOST,
+            node: false,
+        }
+    }
+}
 
 /// A running local control plane. Dropping it kills its processes and removes its directory.
 pub struct ControlPlane {
@@ -110,14 +137,19 @@ impl ControlPlane {
 
     /// Starts a control plane of its own (blocking; several seconds).
     pub fn start() -> Result<ControlPlane> {
+        Self::start_with(ControlPlaneOptions::default())
+    }
+
+    /// Starts a control plane of its own as `options` say (blocking; several seconds).
+    pub fn start_with(options: ControlPlaneOptions) -> Result<ControlPlane> {
         // A thread of its own: start-up runs a private runtime, which must not nest inside the
         // caller's.
-        std::thread::spawn(start_control_plane)
+        std::thread::spawn(move || start_control_plane(&options))
             .join()
             .map_err(|_| anyhow!("control plane start-up panicked"))?
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://ADDRESS:PORT` (127.0.0.1 unless [`ControlPlaneOptions::address`] says).
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -303,6 +335,8 @@ fn build_script_dir(flag: &str) -> Result<PathBuf> {
 
 struct Files {
     ca: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
     serving_cert: PathBuf,
     serving_key: PathBuf,
     service_account_key: PathBuf,
@@ -314,7 +348,7 @@ fn write_file(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-fn start_control_plane() -> Result<ControlPlane> {
+fn start_control_plane(options: &ControlPlaneOptions) -> Result<ControlPlane> {
     let started = Instant::now();
     let bin = bin_dir()?;
     let dir = tempfile::Builder::new()
@@ -325,11 +359,13 @@ fn start_control_plane() -> Result<ControlPlane> {
     let root = dir.path();
 
     let apiserver_port = free_port()?;
-    let server = format!("https://127.0.0.1:{apiserver_port}");
+    let address = options.address.to_string();
+    let server = format!("https://{address}:{apiserver_port}");
     let ca = CertificateAuthority::new("tokengate-test-ca")?;
     let serving = ca.issue_server(
         "kube-apiserver",
         &[
+            &address,
             "127.0.0.1",
             "localhost",
             "kubernetes",
@@ -339,8 +375,11 @@ fn start_control_plane() -> Result<ControlPlane> {
         ],
     )?;
     let admin = ca.issue_client("tokengate-test-admin", &["system:masters"])?;
+    let kubelet_client = ca.issue_client("kube-apiserver-kubelet-client", &["system:masters"])?;
     let files = Files {
         ca: root.join("ca.crt"),
+        kubelet_client_cert: root.join("kubelet-client.crt"),
+        kubelet_client_key: root.join("kubelet-client.key"),
         serving_cert: root.join("apiserver.crt"),
         serving_key: root.join("apiserver.key"),
         service_account_key: root.join("service-account.key"),
@@ -350,6 +389,8 @@ fn start_control_plane() -> Result<ControlPlane> {
     write_file(&files.ca, ca.cert_pem())?;
     write_file(&files.serving_cert, &serving.cert_pem)?;
     write_file(&files.serving_key, &serving.key_pem)?;
+    write_file(&files.kubelet_client_cert, &kubelet_client.cert_pem)?;
+    write_file(&files.kubelet_client_key, &kubelet_client.key_pem)?;
     let (service_account_key, service_account_public_key) = pki::generate_key_pair_pem()?;
     write_file(&files.service_account_key, &service_account_key)?;
     write_file(
@@ -376,7 +417,7 @@ fn start_control_plane() -> Result<ControlPlane> {
         processes: Mutex::new(Vec::new()),
         dir,
     };
-    let result = launch(&control_plane, &bin, &files, apiserver_port);
+    let result = launch(&control_plane, options, &bin, &files, apiserver_port);
     if let Err(e) = result {
         let logs = control_plane.log_tails(40);
         return Err(e.context(format!(
@@ -393,7 +434,13 @@ fn start_control_plane() -> Result<ControlPlane> {
     Ok(control_plane)
 }
 
-fn launch(cp: &ControlPlane, bin: &Path, files: &Files, apiserver_port: u16) -> Result<()> {
+fn launch(
+    cp: &ControlPlane,
+    options: &ControlPlaneOptions,
+    bin: &Path,
+    files: &Files,
+    apiserver_port: u16,
+) -> Result<()> {
     let root = cp.dir.path();
     let logs = root.join("logs");
     let push = |process: Process| -> Result<()> {
@@ -430,10 +477,9 @@ fn launch(cp: &ControlPlane, bin: &Path, files: &Files, apiserver_port: u16) -> 
     let mut apiserver = Command::new(bin.join("kube-apiserver"));
     apiserver
         .arg(format!("--etcd-servers={etcd_url}"))
-        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--bind-address={}", options.address))
         .arg(format!("--secure-port={apiserver_port}"))
-        .arg("--advertise-address=127.0.0.1")
-        .arg("--endpoint-reconciler-type=none")
+        .arg(format!("--advertise-address={}", options.address))
         .arg(format!(
             "--cert-dir={}",
             root.join("apiserver-certs").display()
@@ -458,6 +504,23 @@ fn launch(cp: &ControlPlane, bin: &Path, files: &Files, apiserver_port: u16) -> 
         .arg("--allow-privileged=true")
         .arg("--enable-priority-and-fairness=false")
         .arg("--profiling=false");
+    if options.node {
+        // The `kubernetes` Service leads pods to this API server; kubectl logs and exec reach
+        // the kubelet at its InternalIP (not through the machine's resolver).
+        apiserver
+            .arg("--endpoint-reconciler-type=lease")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                files.kubelet_client_cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                files.kubelet_client_key.display()
+            ))
+            .arg("--kubelet-preferred-address-types=InternalIP");
+    } else {
+        apiserver.arg("--endpoint-reconciler-type=none");
+    }
     push(Process::spawn(
         "kube-apiserver",
         apiserver,
@@ -485,10 +548,14 @@ fn launch(cp: &ControlPlane, bin: &Path, files: &Files, apiserver_port: u16) -> 
         Ok(namespaces.get_opt("default").await.ok().flatten().is_some())
     })?;
 
+    let mut controllers = CONTROLLERS.to_vec();
+    if options.node {
+        controllers.extend_from_slice(NODE_CONTROLLERS);
+    }
     let mut controller_manager = Command::new(bin.join("kube-controller-manager"));
     controller_manager
         .arg(format!("--kubeconfig={}", files.kubeconfig.display()))
-        .arg(format!("--controllers={}", CONTROLLERS.join(",")))
+        .arg(format!("--controllers={}", controllers.join(",")))
         .arg("--leader-elect=false")
         .arg("--use-service-account-credentials=false")
         .arg(format!(

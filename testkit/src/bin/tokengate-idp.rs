@@ -32,6 +32,11 @@ struct Args {
     #[arg(long = "client", value_name = "ID:SECRET")]
     clients: Vec<String>,
 
+    /// The base URL clients reach the provider at, when it is not the listen address (a pod
+    /// behind a Service): the issuer, discovery and keys URLs are under it.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+
     /// Algorithm of tokens from the token endpoint.
     #[arg(long, default_value = "RS256", value_parser = parse_alg)]
     token_alg: Algorithm,
@@ -116,10 +121,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let (listen, clients) = (args.listen, &args.clients);
-    let idp = match &args.entra_tenant {
-        Some(tenant) => IdentityProvider::start_entra_on(listen, tenant).await?,
-        None => IdentityProvider::start_on(listen).await?,
-    };
+    let public_url = args.public_url.as_deref();
+    let idp = IdentityProvider::start_at(listen, public_url, args.entra_tenant.as_deref()).await?;
     for api in &args.entra_apis {
         idp.register_api(api.clone());
     }
@@ -142,9 +145,8 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     eprintln!("discovery: {}", idp.discovery_url());
     eprintln!("jwks:      {}", idp.jwks_url());
     eprintln!("token:     {}", idp.token_url());
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    // SIGTERM too: as a container's first process nothing else would stop it.
+    tokengate_runtime::signals::wait_for_signal().await;
     Ok(())
 }
 

@@ -15,12 +15,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// Reads registrations from stdin until the test binary exits (EOF, however it died), then kills
-/// every registered process group and removes every registered directory. It runs in its own
-/// process group so a Ctrl-C at the terminal does not stop it before it has cleaned up.
+/// every registered process group, runs every registered cleanup command (in order) and removes
+/// every registered directory. It runs in its own process group so a Ctrl-C at the terminal
+/// does not stop it before it has cleaned up.
 const WATCHDOG_SCRIPT: &str = r#"
 trap '' INT HUP
 groups=""
 dirs=""
+commands=""
 while IFS= read -r line; do
   case "$line" in
     +*) groups="$groups ${line#+}" ;;
@@ -29,9 +31,12 @@ while IFS= read -r line; do
         groups="$kept" ;;
     d*) dirs="$dirs
 ${line#d}" ;;
+    c*) commands="$commands
+${line#c}" ;;
   esac
 done
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+printf '%s\n' "$commands" | while IFS= read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1; done
 printf '%s\n' "$dirs" | while IFS= read -r d; do [ -n "$d" ] && rm -rf -- "$d"; done
 exit 0
 "#;
@@ -88,6 +93,16 @@ pub fn remove_at_exit(dir: &Path) -> Result<()> {
         bail!("temporary directory {dir:?} contains a newline");
     }
     watchdog_send(&format!("d{dir}"))
+}
+
+/// Makes sure the shell command `command` runs when the test binary exits, after its processes
+/// are killed and before its directories are removed; for cleanup that must happen however the
+/// test binary ends (it may also run earlier: make it idempotent).
+pub fn run_at_exit(command: &str) -> Result<()> {
+    if command.contains('\n') {
+        bail!("cleanup command {command:?} contains a newline");
+    }
+    watchdog_send(&format!("c{command}"))
 }
 
 /// A child process in its own process group, writing stdout and stderr to a log file.

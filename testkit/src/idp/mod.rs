@@ -115,7 +115,23 @@ impl IdentityProvider {
 
     /// Starts a provider listening on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Generic, None).await
+        Self::launch(addr, Personality::Generic, None, None).await
+    }
+
+    /// Starts a provider listening on `addr` whose URLs are under `public_url` (default: the
+    /// listen address), for a provider behind a proxy or Service; with `entra_home_tenant` it
+    /// acts as Microsoft Entra ID with that home tenant.
+    pub async fn start_at(
+        addr: SocketAddr,
+        public_url: Option<&str>,
+        entra_home_tenant: Option<&str>,
+    ) -> anyhow::Result<IdentityProvider> {
+        let personality = match entra_home_tenant {
+            Some(_) => Personality::Entra,
+            None => Personality::Generic,
+        };
+        let public_url = public_url.map(|url| url.trim_end_matches('/').to_owned());
+        Self::launch(addr, personality, entra_home_tenant, public_url).await
     }
 
     /// Starts a Microsoft Entra ID provider on 127.0.0.1 with an ephemeral port: its base URL
@@ -129,13 +145,14 @@ impl IdentityProvider {
         addr: SocketAddr,
         home_tenant: &str,
     ) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Entra, Some(home_tenant)).await
+        Self::launch(addr, Personality::Entra, Some(home_tenant), None).await
     }
 
     async fn launch(
         addr: SocketAddr,
         personality: Personality,
         home_tenant: Option<&str>,
+        public_url: Option<String>,
     ) -> anyhow::Result<IdentityProvider> {
         let listener = TcpListener::bind(addr)
             .await
@@ -148,7 +165,7 @@ impl IdentityProvider {
             .await
             .context("key generation task failed")?
             .context("generating identity provider keys")?;
-        let base_url = format!("http://{addr}");
+        let base_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
         let directory = entra::Directory::new(home_tenant.unwrap_or_default());
         let issuer = match personality {
             Personality::Generic => Personality::generic_issuer(&base_url),
@@ -188,7 +205,8 @@ impl IdentityProvider {
         self.addr
     }
 
-    /// `http://127.0.0.1:port`.
+    /// The URL its endpoints are under: `http://127.0.0.1:port`, or the public URL it was
+    /// started with ([`start_at`](Self::start_at)).
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
     }
@@ -579,5 +597,42 @@ impl std::fmt::Debug for IdentityProvider {
         f.debug_struct("IdentityProvider")
             .field("issuer", &self.shared.issuer)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_public_url_is_what_the_provider_advertises() {
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let idp = IdentityProvider::start_at(listen, Some("http://10.0.0.7/"), None)
+            .await
+            .expect("provider");
+        assert_eq!(idp.base_url(), "http://10.0.0.7");
+        assert!(
+            idp.issuer().starts_with("http://10.0.0.7"),
+            "{}",
+            idp.issuer()
+        );
+        let discovery = idp.discovery_document();
+        assert!(
+            discovery["jwks_uri"]
+                .as_str()
+                .is_some_and(|uri| uri.starts_with("http://10.0.0.7/")),
+            "{discovery}"
+        );
+        // It still listens where it was told to.
+        assert!(idp.addr().ip().is_loopback());
+
+        let entra = IdentityProvider::start_at(listen, Some("http://10.0.0.8"), Some("tenant-a"))
+            .await
+            .expect("Entra provider");
+        assert!(
+            entra.issuer().starts_with("http://10.0.0.8/tenant-a"),
+            "{}",
+            entra.issuer()
+        );
     }
 }

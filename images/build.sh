@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Builds tokengate's container images with podman (`make images`):
+#
+#   ghcr.io/tokengate/tokengate-operator:VERSION   the operator (the chart's default repository)
+#   ghcr.io/tokengate/tokengate-sidecar:VERSION    the injected sidecar (ditto)
+#   localhost/tokengate/tokengate-idp:VERSION      test identity provider   } test images, for the
+#   localhost/tokengate/tokengate-echo:VERSION     echo application          } node tier and the
+#   localhost/tokengate/tokengate-pause:VERSION    pod sandbox of the node   } kind suite
+#
+# VERSION is the workspace version (the chart's appVersion). Each image is FROM scratch: one
+# statically linked release binary, Debian's CA bundle (ca-certificates) for the two product
+# images, a numeric non-root user, OCI labels. No base image is pulled from anywhere.
+#
+# Output: the images in podman's store, and target/images/NAME.tar (docker-archive) for
+# `ctr images import` and `kind load image-archive`; target/images/sizes.txt lists their sizes.
+#
+# Environment: IMAGES="sidecar operator ..." builds a subset; PODMAN overrides the podman binary;
+# IMAGE_PROFILE=image-test builds the binaries with the Cargo profile of that name (optimised
+# less, no LTO: what `make test` runs on its node, built in a fraction of the time; the
+# Containerfiles, static linking and everything else are the same). The default, release, is
+# what users run, and the only one whose sidecar image is held to its 15 MiB budget.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+log() { printf '[images] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The gnu target named explicitly, so +crt-static applies to the binaries and not to build
+# scripts and proc macros (which must stay dynamic to be loaded by the compiler).
+target=x86_64-unknown-linux-gnu
+out="$repo/target/images"
+context="$out/context"
+podman="${PODMAN:-podman}"
+all_images="operator sidecar idp echo pause"
+images="${IMAGES:-$all_images}"
+profile="${IMAGE_PROFILE:-release}"
+
+install_tools() {
+    local missing=()
+    command -v "$podman" >/dev/null 2>&1 || missing+=(podman)
+    [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+    if ((${#missing[@]})); then
+        command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})"
+        log "installing ${missing[*]} from Debian"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+version() {
+    sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1
+}
+
+source_url() {
+    sed -n '/^\[workspace.package\]/,/^\[/s/^repository = "\(.*\)"$/\1/p' Cargo.toml | head -n1
+}
+
+binary_of() {
+    case "$1" in
+    operator) echo tokengate-operator ;;
+    sidecar) echo tokengate-sidecar ;;
+    idp) echo tokengate-idp ;;
+    echo) echo tokengate-echo ;;
+    pause) echo tokengate-pause ;;
+    *) die "unknown image $1 (known: $all_images)" ;;
+    esac
+}
+
+image_of() {
+    case "$1" in
+    operator | sidecar) echo "ghcr.io/tokengate/$(binary_of "$1"):$VERSION" ;;
+    *) echo "localhost/tokengate/$(binary_of "$1"):$VERSION" ;;
+    esac
+}
+
+containerfile_of() {
+    case "$1" in
+    operator | sidecar) echo "images/$1.Containerfile" ;;
+    *) echo images/testkit.Containerfile ;;
+    esac
+}
+
+build_binaries() {
+    local args=() image
+    for image in $images; do
+        args+=(--bin "$(binary_of "$image")")
+    done
+    log "building ${args[*]} (profile $profile, static, $target)"
+    # Stripped: symbols are for profiling the host build (make bench), not for images.
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
+        cargo build --profile "$profile" --locked --target "$target" \
+        -p tokengate-operator -p tokengate-sidecar -p tokengate-testkit "${args[@]}"
+    for image in $images; do
+        local binary
+        binary="target/$target/$profile/$(binary_of "$image")"
+        # A static executable has no program interpreter (dynamic loader) to ask for.
+        if LC_ALL=C readelf -l "$binary" | grep -q 'program interpreter'; then
+            die "$binary is dynamically linked"
+        fi
+    done
+}
+
+build_image() {
+    local image="$1" name binary
+    name="$(image_of "$image")"
+    binary="$(binary_of "$image")"
+    rm -rf "$context"
+    mkdir -p "$context"
+    cp "target/$target/$profile/$binary" "$context/$binary"
+    cp /etc/ssl/certs/ca-certificates.crt "$context/ca-certificates.crt"
+    log "building $name"
+    "$podman" build --quiet --no-cache --pull=never \
+        --file "$(containerfile_of "$image")" --tag "$name" \
+        --build-arg "BINARY=$binary" \
+        --build-arg "VERSION=$VERSION" \
+        --build-arg "REVISION=$REVISION" \
+        --build-arg "SOURCE=$SOURCE" \
+        --build-arg "CREATED=$CREATED" \
+        "$context" >/dev/null
+    rm -f "$out/$binary.tar"
+    "$podman" save --quiet --format docker-archive --output "$out/$binary.tar" "$name"
+    local size
+    size="$("$podman" image inspect --format '{{.Size}}' "$name")"
+    awk -v n="$name" -v s="$size" 'BEGIN { printf "%s\t%s\t%.1f MiB\n", n, s, s / 1048576 }' >>"$out/sizes.txt"
+}
+
+install_tools
+VERSION="$(version)"
+SOURCE="$(source_url)"
+REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+if [[ "$REVISION" != unknown ]] && [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    REVISION="$REVISION-dirty"
+fi
+# The commit's time, so a rebuild of the same commit labels the same date.
+CREATED="$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)"
+[[ -n "$VERSION" ]] || die "no workspace version in Cargo.toml"
+
+mkdir -p "$out"
+: >"$out/sizes.txt"
+build_binaries
+for image in $images; do
+    build_image "$image"
+done
+rm -rf "$context"
+log "images (uncompressed size):"
+cut -f1,3 "$out/sizes.txt" | column -t >&2
+sidecar_size="$(awk -v n="$(image_of sidecar)" '$1 == n { print $2 }' "$out/sizes.txt")"
+if [[ "$profile" == release && -n "$sidecar_size" ]] && ((sidecar_size > 15 * 1024 * 1024)); then
+    die "the sidecar image is $sidecar_size bytes, over its 15 MiB budget"
+fi

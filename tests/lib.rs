@@ -1,0 +1,2 @@
+//! Cross-crate suites; the code is in the test targets (`node.rs`) and in `tokengate-testkit`.
+//! The kind suite for users is in `kind/` (shell scripts, `make kind-test`).

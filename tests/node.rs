@@ -1,0 +1,713 @@
+//! tokengate as users run it: from its images, on a real node. A control plane and a node
+//! (containerd, kubelet, kube-scheduler, kube-proxy; `tokengate_testkit::cluster::node`) start
+//! on this machine, the images `make images` built are imported into containerd, the chart is
+//! installed with helm (the operator's image, two replicas, the webhook), and the identity
+//! provider and the application run as pods. Requests reach the application through its
+//! ClusterIP Service, from the host and from a client pod, and the injected sidecar decides.
+//!
+//! Needs root, `make images` (`TOKENGATE_IMAGES_DIR`, default `target/images`), `make node`
+//! (`TOKENGATE_NODE_BIN`), `make controlplane kubectl helm`; `make node-test` does all of it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+use tokengate_policy::contract;
+use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
+use tokengate_testkit::cluster::tools::Tool;
+use tokengate_testkit::cluster::wait_until;
+use tokengate_testkit::{dashboard, metrics};
+
+/// Environment variable naming the directory with the image archives of `make images`.
+const IMAGES_DIR_ENV: &str = "TOKENGATE_IMAGES_DIR";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// The version images are tagged with: the chart's appVersion (the workspace version).
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+fn test_image(name: &str) -> String {
+    format!("localhost/tokengate/{name}:{}", version())
+}
+
+fn images_dir() -> PathBuf {
+    std::env::var_os(IMAGES_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/images"))
+}
+
+fn image_archives() -> Vec<PathBuf> {
+    let dir = images_dir();
+    let archives: Vec<PathBuf> = [
+        "tokengate-operator",
+        "tokengate-sidecar",
+        "tokengate-idp",
+        "tokengate-echo",
+        "tokengate-pause",
+    ]
+    .iter()
+    .map(|name| dir.join(format!("{name}.tar")))
+    .collect();
+    for archive in &archives {
+        assert!(
+            archive.is_file(),
+            "{} is missing: run `make images` (or set {IMAGES_DIR_ENV})",
+            archive.display()
+        );
+    }
+    archives
+}
+
+/// kubectl and helm against the node's control plane, and a scratch directory for manifests.
+struct Tools {
+    kubectl: Tool,
+    helm: Tool,
+    scratch: tempfile::TempDir,
+}
+
+impl Tools {
+    fn apply(&self, name: &str, yaml: &str) -> String {
+        let path = self.scratch.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write manifest");
+        let path = path.to_str().expect("UTF-8 path");
+        self.kubectl
+            .run(["apply", "-f", path])
+            .unwrap_or_else(|e| panic!("kubectl apply {name}: {e:#}"))
+            .stdout
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl
+            .run(args)
+            .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
+            .stdout
+    }
+
+    fn rollout(&self, namespace: &str, deployment: &str) {
+        self.kubectl(&[
+            "rollout",
+            "status",
+            &format!("deployment/{deployment}"),
+            "-n",
+            namespace,
+            "--timeout=180s",
+        ]);
+    }
+
+    /// A client-credentials token from the identity provider's pod, for `scope`.
+    fn token(&self, namespace: &str, issuer: &str, scope: &str) -> String {
+        self.kubectl(&[
+            "exec",
+            "-n",
+            namespace,
+            "deploy/idp",
+            "--",
+            "/usr/local/bin/entrypoint",
+            "token",
+            "--issuer",
+            issuer,
+            "--scope",
+            scope,
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// One request from the client pod (`tokengate-echo request`): status and whole response.
+    fn request_from_client_pod(
+        &self,
+        namespace: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec![
+            "exec",
+            "-n",
+            namespace,
+            "client",
+            "--",
+            "/usr/local/bin/entrypoint",
+            "request",
+            url,
+        ];
+        if let Some(header) = &authorization {
+            args.extend(["-H", header]);
+        }
+        let output = self.kubectl(&args);
+        (status_of(&output), output)
+    }
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One HTTP/1.1 request from this machine to `addr` (a ClusterIP or pod IP with its port):
+/// status and whole response, (0, "") when nothing answered.
+async fn http(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connect = tokio::net::TcpStream::connect(addr);
+    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+        return (0, String::new());
+    };
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let read = stream.read_to_string(&mut response);
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(10), read).await,
+        Ok(Ok(_))
+    ) {
+        return (0, response);
+    }
+    (status_of(&response), response)
+}
+
+async fn http_bearer(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    match token {
+        Some(token) => {
+            let value = format!("Bearer {token}");
+            http(addr, path, &[("Authorization", &value)]).await
+        }
+        None => http(addr, path, &[]).await,
+    }
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.split("\r\n\r\n").next()?.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+async fn cluster_ip(services: &Api<Service>, name: &str) -> String {
+    services
+        .get(name)
+        .await
+        .ok()
+        .and_then(|s| s.spec)
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_else(|| panic!("Service {name} has a ClusterIP"))
+}
+
+/// The one pod of `app`, once it is Ready.
+async fn ready_pod(pods: &Api<Pod>, app: &str) -> Pod {
+    let params = ListParams::default().labels(&format!("app={app}"));
+    let found = std::sync::Mutex::new(None);
+    wait_until(TIMEOUT, &format!("a Ready pod of {app}"), || async {
+        let list = pods.list(&params).await?;
+        let ready: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .collect();
+        let done = ready.len() == 1;
+        if let Ok(mut found) = found.lock() {
+            *found = ready.into_iter().next();
+        }
+        Ok(done)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    found.into_inner().ok().flatten().expect("pod")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn sidecar_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    // A native sidecar (restartable init container) or, on old clusters, a plain container.
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == contract::SIDECAR_CONTAINER)
+        .cloned()
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("the pod has an IP")
+}
+
+fn idp_yaml(namespace: &str, name: &str, public_url: &str, extra_args: &[&str]) -> String {
+    let mut args = vec![
+        "--listen".to_owned(),
+        "0.0.0.0:8080".to_owned(),
+        "--public-url".to_owned(),
+        public_url.to_owned(),
+    ];
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: idp
+          image: {image}
+          imagePullPolicy: Never
+          args: [{args}]
+          ports:
+            - {{name: http, containerPort: 8080}}
+          readinessProbe:
+            tcpSocket: {{port: http}}
+            periodSeconds: 1
+",
+        image = test_image("tokengate-idp"),
+        args = args.join(", "),
+    )
+}
+
+fn service_yaml(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  selector: {{app: {name}}}
+  ports:
+    - {{name: http, port: 80, targetPort: http}}
+"
+    )
+}
+
+/// The application: the echo server, its port named so the Service and the probes follow the
+/// sidecar's rewrite.
+fn app_yaml(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: app
+          image: {image}
+          imagePullPolicy: Never
+          args: [\"--listen\", \"0.0.0.0:8080\"]
+          ports:
+            - {{name: http, containerPort: 8080}}
+          readinessProbe:
+            httpGet: {{path: /healthz, port: http}}
+            periodSeconds: 1
+          livenessProbe:
+            httpGet: {{path: /healthz, port: http}}
+            periodSeconds: 5
+",
+        image = test_image("tokengate-echo"),
+    )
+}
+
+fn orders_policy_yaml(namespace: &str, issuer: &str, admin_role: &str) -> String {
+    format!(
+        "apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: orders
+  namespace: {namespace}
+spec:
+  selector:
+    matchLabels: {{app: orders}}
+  validateJwt:
+    openidConfigs:
+      - url: {issuer}/.well-known/openid-configuration
+    audiences: [{audience}]
+    issuers: [{issuer}]
+  forwarding:
+    forwardToken: false
+    claimsToHeaders:
+      - {{claim: sub, header: X-User-Id}}
+  rules:
+    - {{paths: [\"/healthz\"], authentication: Disabled}}
+    - paths: [\"/admin/*\"]
+      requiredClaims:
+        - {{name: roles, values: [{admin_role}]}}
+  privateAccess:
+    networkPolicy: true
+",
+        audience = tokengate_testkit::idp::DEFAULT_AUDIENCE,
+    )
+}
+
+fn client_pod_yaml(namespace: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: {namespace}
+  labels: {{{inject}: \"false\"}}
+spec:
+  containers:
+    - name: client
+      image: {image}
+      imagePullPolicy: Never
+      args: [\"--listen\", \"0.0.0.0:8080\"]
+",
+        inject = contract::POD_INJECT_LABEL,
+        image = test_image("tokengate-echo"),
+    )
+}
+
+/// Scrapes `/metrics` of `ip:port` from this machine.
+async fn scrape(ip: &str, port: u16) -> String {
+    let (status, response) = http(&format!("{ip}:{port}"), "/metrics", &[]).await;
+    assert_eq!(status, 200, "metrics of {ip}:{port}: {response}");
+    response
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    sidecar_status(pod).map_or(0, |s| s.restart_count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, `make images` and `make node`: run with `make node-test`"]
+async fn tokengate_from_its_images_on_a_real_node() {
+    let archives = image_archives();
+    let node = tokio::task::spawn_blocking(move || {
+        NodeCluster::start(&NodeOptions {
+            images: archives,
+            sandbox_image: test_image("tokengate-pause"),
+        })
+    })
+    .await
+    .expect("node start-up task")
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "control plane started in {:.1}s; node Ready {:.1}s later",
+        node.control_plane().startup_time().as_secs_f64(),
+        node.startup_time().as_secs_f64()
+    );
+    let result = scenario(&node).await;
+    if let Err(e) = result {
+        panic!("{e:#}\n----- logs:\n{}", node.log_tails(40));
+    }
+    drop(node);
+}
+
+async fn scenario(node: &NodeCluster) -> Result<()> {
+    let cp = node.control_plane();
+    let client = cp.client().await?;
+    let scratch = tempfile::tempdir()?;
+    let tools = Tools {
+        kubectl: Tool::kubectl(cp.admin_kubeconfig(), scratch.path())?,
+        helm: Tool::helm(cp.admin_kubeconfig(), scratch.path())?,
+        scratch: tempfile::tempdir()?,
+    };
+
+    // The chart, as a platform team installs it: images from the chart's defaults (present on
+    // the node, so IfNotPresent never pulls), two operator replicas, the webhook. Plain-http
+    // key sources are allowed because the test identity provider serves http.
+    let installed = Instant::now();
+    tools
+        .helm
+        .run([
+            "install",
+            "tokengate",
+            repo().join("charts/tokengate").to_str().expect("UTF-8"),
+            "--namespace",
+            "tokengate-system",
+            "--create-namespace",
+            "--set",
+            "operator.replicas=2,webhook.allowHttpKeySources=true",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .context("helm install")?;
+    eprintln!(
+        "helm install --wait: {:.1}s",
+        installed.elapsed().as_secs_f64()
+    );
+    let operators = Api::<Pod>::namespaced(client.clone(), "tokengate-system")
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await?;
+    let ready_operators: Vec<&Pod> = operators.items.iter().filter(|p| is_ready(p)).collect();
+    if ready_operators.len() != 2 {
+        bail!(
+            "expected 2 Ready operator pods, found {}",
+            ready_operators.len()
+        );
+    }
+
+    // The identity provider: a pod behind a Service, advertising the Service's address.
+    tools.kubectl(&["create", "namespace", "idp"]);
+    tools.apply("idp-service", &service_yaml("idp", "idp"));
+    let idp_services = Api::<Service>::namespaced(client.clone(), "idp");
+    let issuer = format!("http://{}", cluster_ip(&idp_services, "idp").await);
+    tools.apply("idp", &idp_yaml("idp", "idp", &issuer, &[]));
+    tools.rollout("idp", "idp");
+
+    // The application, in a namespace opted in to injection, with its TokenPolicies.
+    let ns = "shop";
+    tools.kubectl(&["create", "namespace", ns]);
+    tools.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        &format!(
+            "{}={}",
+            contract::NAMESPACE_INJECTION_LABEL,
+            contract::INJECTION_ENABLED
+        ),
+    ]);
+    tools.apply(
+        "orders-policy",
+        &orders_policy_yaml(ns, &issuer, "Orders.Admin"),
+    );
+    tools.apply("orders-service", &service_yaml(ns, "orders"));
+    tools.apply("client", &client_pod_yaml(ns));
+    let applied = Instant::now();
+    tools.apply("orders", &app_yaml(ns, "orders"));
+    tools.rollout(ns, "orders");
+    eprintln!(
+        "Deployment applied -> injected pod Ready: {:.1}s",
+        applied.elapsed().as_secs_f64()
+    );
+
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let pod = ready_pod(&pods, "orders").await;
+    let sidecar = sidecar_status(&pod).ok_or_else(|| anyhow!("the pod was not injected"))?;
+    if !sidecar.image.contains("tokengate-sidecar") {
+        bail!("the sidecar runs {}", sidecar.image);
+    }
+    // The kubelet probes the application on its number (the name moved to the sidecar).
+    let app = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == "app"))
+        .ok_or_else(|| anyhow!("no app container"))?;
+    let probe_port = app
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .map(|h| h.port.clone());
+    if probe_port != Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)) {
+        bail!("the readiness probe was not rewritten to 8080: {probe_port:?}");
+    }
+
+    // From the host, through the ClusterIP Service.
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let orders = format!("{}:80", cluster_ip(&services, "orders").await);
+    let audience = tokengate_testkit::idp::DEFAULT_AUDIENCE;
+    let token = tools.token("idp", &issuer, &format!("{audience}/.default"));
+    let (status, response) = http_bearer(&orders, "/orders", None).await;
+    ensure_status(status, 401, "no token", &response)?;
+    let (status, response) = http_bearer(&orders, "/orders", Some(&token)).await;
+    ensure_status(status, 200, "a client-credentials token", &response)?;
+    if !response.to_ascii_lowercase().contains("x-user-id") {
+        bail!("the application did not get the claim header: {response}");
+    }
+    if response.contains(&token) {
+        bail!("the token reached the application although forwardToken is false: {response}");
+    }
+    let other = tools.token("idp", &issuer, "api://another-api/.default");
+    let (status, response) = http_bearer(&orders, "/orders", Some(&other)).await;
+    ensure_status(status, 401, "a token for another audience", &response)?;
+    let challenge = header(&response, "www-authenticate").unwrap_or_default();
+    if !challenge.contains("audience") {
+        bail!("no reason in the challenge: {response}");
+    }
+    let (status, response) = http_bearer(&orders, "/admin/users", Some(&token)).await;
+    ensure_status(status, 403, "a route that needs a role", &response)?;
+
+    // From a client pod, through the same Service.
+    let url = format!("http://{orders}/orders");
+    let (status, response) = tools.request_from_client_pod(ns, &url, None);
+    ensure_status(status, 401, "no token, from a pod", &response)?;
+    let (status, response) = tools.request_from_client_pod(ns, &url, Some(&token));
+    ensure_status(status, 200, "a token, from a pod", &response)?;
+
+    // A TokenPolicy edit reaches the running sidecar: no restart, no new pod.
+    let uid = pod.metadata.uid.clone();
+    tools.kubectl(&[
+        "patch",
+        "tokenpolicy",
+        "orders",
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/rules/1"}]"#,
+    ]);
+    let mut last = (0, String::new());
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        last = http_bearer(&orders, "/admin/users", Some(&token)).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure_status(last.0, 200, "the route once its rule is removed", &last.1)?;
+    let same = ready_pod(&pods, "orders").await;
+    if same.metadata.uid != uid || restart_count(&same) != 0 {
+        bail!("the policy edit restarted or replaced the pod");
+    }
+
+    // Metrics, scraped from the pods as Prometheus does.
+    let selectors = dashboard::selectors(&dashboard::path())?;
+    let pod = ready_pod(&pods, "orders").await;
+    let exposition = scrape(&pod_ip(&pod), contract::SIDECAR_ADMIN_PORT).await;
+    // Every sidecar panel but the conflicts one: its series exists only while two policies
+    // select the pod, which this scenario never has.
+    let unanswered: Vec<String> =
+        dashboard::unanswered(&selectors, dashboard::Component::Sidecar, &exposition)
+            .into_iter()
+            .filter(|u| !u.contains("tokengate_policy_conflicts"))
+            .collect();
+    for decision in ["allow", "deny"] {
+        let requests = metrics::value(
+            &exposition,
+            "tokengate_requests_total",
+            &[("decision", decision)],
+        );
+        if requests < 1.0 {
+            bail!("the sidecar counted no {decision} decision: {exposition}");
+        }
+    }
+    if !unanswered.is_empty() {
+        bail!("sidecar metrics the dashboard needs are missing: {unanswered:#?}");
+    }
+    // Both replicas serve the webhooks, one reconciles: together they answer every panel.
+    let mut exposition = String::new();
+    for operator in &ready_operators {
+        let admin_port = operator_admin_port(operator)?;
+        exposition.push_str(&scrape(&pod_ip(operator), admin_port).await);
+    }
+    let unanswered = dashboard::unanswered(&selectors, dashboard::Component::Operator, &exposition);
+    if !unanswered.is_empty() {
+        bail!("operator metrics the dashboard needs are missing: {unanswered:#?}");
+    }
+
+    // The private-access NetworkPolicy exists as the policy asked (this node cannot enforce
+    // NetworkPolicy; the kind suite checks enforcement).
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let private = policies
+        .items
+        .iter()
+        .find(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.pod_selector.as_ref())
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|l| l.get("app").map(String::as_str) == Some("orders"))
+        })
+        .ok_or_else(|| anyhow!("no NetworkPolicy selects app=orders"))?;
+    let ports: Vec<Value> = private
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|rule| rule.ports.iter().flatten())
+        .map(|p| serde_json::to_value(&p.port).unwrap_or_default())
+        .collect();
+    if !ports.contains(&Value::from(contract::SIDECAR_PROXY_PORT))
+        || ports.contains(&Value::from(8080))
+    {
+        bail!("the NetworkPolicy admits {ports:?}");
+    }
+
+    // The sidecar killed: the kubelet restarts it and it enforces the same policy again.
+    let container_id = sidecar_status(&pod)
+        .and_then(|s| s.container_id)
+        .and_then(|id| id.strip_prefix("containerd://").map(str::to_owned))
+        .ok_or_else(|| anyhow!("the sidecar has no containerd id"))?;
+    node.ctr(&["tasks", "kill", "--signal", "SIGKILL", &container_id])?;
+    wait_until(TIMEOUT, "the sidecar to be restarted and Ready", || async {
+        let pod = pods
+            .get(pod.metadata.name.as_deref().unwrap_or_default())
+            .await?;
+        Ok(restart_count(&pod) >= 1 && is_ready(&pod))
+    })
+    .await?;
+    // The Service's endpoints follow the pod's readiness a moment later.
+    let mut last = (0, String::new());
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        last = http_bearer(&orders, "/orders", None).await;
+        if last.0 != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure_status(last.0, 401, "no token, after the restart", &last.1)?;
+    let (status, response) = http_bearer(&orders, "/orders", Some(&token)).await;
+    ensure_status(status, 200, "a token, after the restart", &response)?;
+    Ok(())
+}
+
+fn ensure_status(got: u16, want: u16, what: &str, response: &str) -> Result<()> {
+    if got != want {
+        bail!("{what}: expected {want}, got {got}: {response}");
+    }
+    Ok(())
+}
+
+fn operator_admin_port(pod: &Pod) -> Result<u16> {
+    let port = pod
+        .spec
+        .as_ref()
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("metrics") || p.name.as_deref() == Some("admin"))
+        .ok_or_else(|| anyhow!("the operator pod names no metrics port"))?;
+    u16::try_from(port.container_port).context("port")
+}
