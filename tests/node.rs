@@ -262,15 +262,21 @@ fn pod_ip(pod: &Pod) -> String {
         .expect("the pod has an IP")
 }
 
-fn idp_yaml(namespace: &str, name: &str, public_url: &str, extra_args: &[&str]) -> String {
-    let mut args = vec![
-        "--listen".to_owned(),
-        "0.0.0.0:8080".to_owned(),
-        "--public-url".to_owned(),
-        public_url.to_owned(),
-    ];
-    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+/// A one-replica Deployment `name` of a test image listening on 8080 (port `http`) with `args`
+/// after `--listen`, and the container's probes (YAML lines at the container's indentation).
+fn deployment_yaml(
+    namespace: &str,
+    name: &str,
+    container: &str,
+    image: &str,
+    args: &[&str],
+    probes: &str,
+) -> String {
+    let args: Vec<String> = ["--listen", "0.0.0.0:8080"]
+        .iter()
+        .chain(args)
+        .map(|a| format!("\"{a}\""))
+        .collect();
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -286,18 +292,29 @@ spec:
       labels: {{app: {name}}}
     spec:
       containers:
-        - name: idp
+        - name: {container}
           image: {image}
           imagePullPolicy: Never
           args: [{args}]
           ports:
             - {{name: http, containerPort: 8080}}
-          readinessProbe:
-            tcpSocket: {{port: http}}
+{probes}",
+        args = args.join(", "),
+    )
+}
+
+/// The identity provider, advertising `public_url` (its Service) rather than its pod address.
+fn idp_yaml(namespace: &str, public_url: &str) -> String {
+    deployment_yaml(
+        namespace,
+        "idp",
+        "idp",
+        &test_image("tokengate-idp"),
+        &["--public-url", public_url],
+        "          readinessProbe:
+            tcpSocket: {port: http}
             periodSeconds: 1
 ",
-        image = test_image("tokengate-idp"),
-        args = args.join(", "),
     )
 }
 
@@ -319,35 +336,19 @@ spec:
 /// The application: the echo server, its port named so the Service and the probes follow the
 /// sidecar's rewrite.
 fn app_yaml(namespace: &str, name: &str) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-        - name: app
-          image: {image}
-          imagePullPolicy: Never
-          args: [\"--listen\", \"0.0.0.0:8080\"]
-          ports:
-            - {{name: http, containerPort: 8080}}
-          readinessProbe:
-            httpGet: {{path: /healthz, port: http}}
+    deployment_yaml(
+        namespace,
+        name,
+        "app",
+        &test_image("tokengate-echo"),
+        &[],
+        "          readinessProbe:
+            httpGet: {path: /healthz, port: http}
             periodSeconds: 1
           livenessProbe:
-            httpGet: {{path: /healthz, port: http}}
+            httpGet: {path: /healthz, port: http}
             periodSeconds: 5
 ",
-        image = test_image("tokengate-echo"),
     )
 }
 
@@ -488,7 +489,7 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     tools.apply("idp-service", &service_yaml("idp", "idp"));
     let idp_services = Api::<Service>::namespaced(client.clone(), "idp");
     let issuer = format!("http://{}", cluster_ip(&idp_services, "idp").await);
-    tools.apply("idp", &idp_yaml("idp", "idp", &issuer, &[]));
+    tools.apply("idp", &idp_yaml("idp", &issuer));
     tools.rollout("idp", "idp");
 
     // The application, in a namespace opted in to injection, with its TokenPolicies.

@@ -142,11 +142,7 @@ impl ControlPlane {
 
     /// Starts a control plane of its own as `options` say (blocking; several seconds).
     pub fn start_with(options: ControlPlaneOptions) -> Result<ControlPlane> {
-        // A thread of its own: start-up runs a private runtime, which must not nest inside the
-        // caller's.
-        std::thread::spawn(move || start_control_plane(&options))
-            .join()
-            .map_err(|_| anyhow!("control plane start-up panicked"))?
+        on_own_thread("control plane", move || start_control_plane(&options))
     }
 
     /// `https://ADDRESS:PORT` (127.0.0.1 unless [`ControlPlaneOptions::address`] says).
@@ -262,6 +258,17 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// Runs a start-up on a thread of its own: start-up runs a private runtime, which must not nest
+/// inside the caller's.
+fn on_own_thread<T: Send + 'static>(
+    what: &str,
+    start: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(start)
+        .join()
+        .map_err(|_| anyhow!("{what} start-up panicked"))?
 }
 
 fn describe_logs(processes: &[Process], lines: usize) -> String {
@@ -466,13 +473,18 @@ fn launch(
         .arg("--unsafe-no-fsync=true")
         .arg("--log-level=warn");
     push(Process::spawn("etcd", etcd, &logs.join("etcd.log"))?)?;
-    wait_blocking(cp, Duration::from_secs(30), "etcd /health", || {
-        Ok(
-            process::http_get_status(&format!("{etcd_url}/health"), Duration::from_secs(2))
-                .map(|status| status == 200)
-                .unwrap_or(false),
-        )
-    })?;
+    wait_blocking(
+        &|| cp.ensure_running(),
+        Duration::from_secs(30),
+        "etcd /health",
+        || {
+            Ok(
+                process::http_get_status(&format!("{etcd_url}/health"), Duration::from_secs(2))
+                    .map(|status| status == 200)
+                    .unwrap_or(false),
+            )
+        },
+    )?;
 
     let mut apiserver = Command::new(bin.join("kube-apiserver"));
     apiserver
@@ -596,16 +608,17 @@ fn launch(
     Ok(())
 }
 
+/// Polls `ready` every 100 ms until it returns `Ok(true)`, failing at once if `running` finds a
+/// process gone (its log tail says why).
 fn wait_blocking(
-    cp: &ControlPlane,
+    running: &dyn Fn() -> Result<()>,
     timeout: Duration,
     what: &str,
     mut ready: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        cp.ensure_running()
-            .with_context(|| format!("while waiting for {what}"))?;
+        running().with_context(|| format!("while waiting for {what}"))?;
         if ready()? {
             return Ok(());
         }
@@ -626,7 +639,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    wait_blocking(cp, STARTUP_TIMEOUT, what, || runtime.block_on(ready()))
+    wait_blocking(&|| cp.ensure_running(), STARTUP_TIMEOUT, what, || {
+        runtime.block_on(ready())
+    })
 }
 
 /// Applies a CustomResourceDefinition (server-side, as field manager `tokengate-testkit`) and

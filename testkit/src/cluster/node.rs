@@ -91,11 +91,7 @@ impl NodeCluster {
     /// Starts a control plane and a node (blocking; seconds, plus the images' import).
     pub fn start(options: &NodeOptions) -> Result<NodeCluster> {
         let options = options.clone();
-        // A thread of its own: start-up runs a private runtime, which must not nest inside the
-        // caller's.
-        std::thread::spawn(move || start_node(&options))
-            .join()
-            .map_err(|_| anyhow!("node start-up panicked"))?
+        super::on_own_thread("node", move || start_node(&options))
     }
 
     /// The control plane (kube-apiserver on [`NODE_ADDRESS`]).
@@ -290,20 +286,7 @@ fn launch(node: &NodeCluster, bin: &Path, options: &NodeOptions) -> Result<()> {
             .push(process);
         Ok(())
     };
-    let wait = |timeout: Duration, what: &str, ready: &mut dyn FnMut() -> Result<bool>| {
-        let deadline = Instant::now() + timeout;
-        loop {
-            node.ensure_running()
-                .with_context(|| format!("while waiting for {what}"))?;
-            if ready()? {
-                return Ok::<(), anyhow::Error>(());
-            }
-            if Instant::now() >= deadline {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let running = || node.ensure_running();
 
     // containerd: its own root, state and socket; runc from Debian without systemd; the CNI
     // plugins from Debian with our configuration; network namespaces under its state.
@@ -327,9 +310,12 @@ fn launch(node: &NodeCluster, bin: &Path, options: &NodeOptions) -> Result<()> {
         containerd,
         &logs.join("containerd.log"),
     )?)?;
-    wait(Duration::from_secs(30), "containerd's socket", &mut || {
-        Ok(node.containerd_socket.exists() && ctr(&node.containerd_socket, &["version"]).is_ok())
-    })?;
+    super::wait_blocking(
+        &running,
+        Duration::from_secs(30),
+        "containerd's socket",
+        || Ok(node.containerd_socket.exists() && ctr(&node.containerd_socket, &["version"]).is_ok()),
+    )?;
     for archive in &options.images {
         ctr(
             &node.containerd_socket,
@@ -403,7 +389,7 @@ fn launch(node: &NodeCluster, bin: &Path, options: &NodeOptions) -> Result<()> {
         .context("building the start-up runtime")?;
     let client = runtime.block_on(cp.client())?;
     let nodes = Api::<NodeObject>::all(client);
-    wait(READY_TIMEOUT, "the node to be Ready", &mut || {
+    super::wait_blocking(&running, READY_TIMEOUT, "the node to be Ready", || {
         let node = runtime.block_on(nodes.get_opt(NODE_NAME)).ok().flatten();
         Ok(node
             .and_then(|n| n.status)
