@@ -1,15 +1,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build controlplane kubectl helm node images node-test shellcheck kind-test kind-demo \
-	demo bench fuzz-short fuzz-long fuzz-tools
+.PHONY: test lint fmt-check build controlplane kubectl helm node images node-test node-tier test-tools test-build shellcheck kind-test kind-demo \
+	demo bench fuzz-short fuzz-long fuzz-tools fuzz-build fuzz-run
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-lint:
-	$(CARGO) fmt --all -- --check
+lint: fmt-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
 
 # etcd, kube-apiserver and kube-controller-manager for the cluster tests, built from their Go
 # modules and cached outside the repository keyed by version; seconds when cached.
@@ -48,17 +50,47 @@ images:
 shellcheck:
 	bash scripts/shellcheck.sh
 
-test: lint shellcheck controlplane kubectl helm fuzz-short
-	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
-		TOKENGATE_HELM_BIN=$(HELM_BIN) $(CARGO) test --workspace
+# `make test` lints and builds in one compilation: clippy-driver, which lints and then compiles
+# like rustc, compiles the workspace's own crates (RUSTC_WORKSPACE_WRAPPER, as `cargo clippy`
+# sets it, with the same -D warnings), so the lints of `make lint` fail the test build instead of
+# costing a second pass over the whole dependency graph.
+CLIPPY_BUILD := RUSTC_WORKSPACE_WRAPPER="$$(rustc --print sysroot)/bin/clippy-driver" \
+	CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+TEST_ENV := TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
+	TOKENGATE_HELM_BIN=$(HELM_BIN) TOKENGATE_NODE_BIN=$(NODE_BIN) $(CLIPPY_BUILD)
 
-# The node tier (tests/node.rs; root): tokengate from its images on a real node. Not yet part of
-# `test`: a cold build of the images costs more than the CI budget leaves.
+# Two lanes first, side by side: the Go-built tools and Debian packages (downloads, then Go's
+# compiler) and the Rust builds (the workspace's tests, then the fuzz targets). Then the suites,
+# the fuzzing smoke run and the node tier, one after another.
+test: fmt-check shellcheck
+	$(MAKE) -j2 --output-sync=line test-tools test-build
+	$(TEST_ENV) $(CARGO) test --workspace --all-targets
+	$(TEST_ENV) $(CARGO) test --workspace --doc
+	$(MAKE) fuzz-run
+	$(MAKE) node-tier
+
+# One after another: the Go builds share one module's build cache.
+test-tools:
+	bash testkit/node/node.sh install
+	bash testkit/controlplane/build.sh controlplane
+	bash testkit/controlplane/build.sh kubectl
+	bash testkit/controlplane/build.sh helm
+	bash testkit/controlplane/build.sh node
+
+test-build: fuzz-tools
+	$(TEST_ENV) $(CARGO) test --workspace --all-targets --no-run
+	$(MAKE) fuzz-build
+
+# The node tier (tests/node.rs; root): tokengate from its images on a real node. The images are
+# built from the binaries of the test build (target/debug; images/build.sh, IMAGE_BINARIES), the
+# same Containerfiles as `make images`.
 node-test: controlplane kubectl helm node
-	IMAGE_PROFILE=image-test bash images/build.sh
-	TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
-		TOKENGATE_HELM_BIN=$(HELM_BIN) TOKENGATE_NODE_BIN=$(NODE_BIN) \
-		$(CARGO) test -p tokengate-tests --test node -- --ignored
+	$(TEST_ENV) $(CARGO) build --workspace --bins
+	$(MAKE) node-tier
+
+node-tier:
+	IMAGE_BINARIES=target/debug bash images/build.sh
+	$(TEST_ENV) $(CARGO) test -p tokengate-tests --test node -- --ignored --nocapture
 
 # The same steps as the node tier on a kind cluster (tests/kind/; needs kind, a container engine,
 # kubectl and helm). kind-demo leaves the cluster running with a walkthrough.
@@ -91,8 +123,13 @@ fuzz-tools:
 	@$(CARGO) +nightly --version >/dev/null 2>&1 || { echo "fuzzing needs the nightly toolchain: rustup toolchain install nightly"; exit 1; }
 	@$(CARGO) fuzz --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
 
-fuzz-short: fuzz-tools
+fuzz-build: fuzz-tools
 	cd fuzz && $(CARGO) +nightly fuzz build $(FUZZ_BUILD) -s none
+
+fuzz-short: fuzz-build
+	$(MAKE) fuzz-run
+
+fuzz-run:
 	cd fuzz && for target in $(FUZZ_TARGETS); do \
 		mkdir -p corpus/$$target && \
 		$(CARGO) +nightly fuzz run $(FUZZ_BUILD) -s none $$target corpus/$$target seeds/$$target -- \

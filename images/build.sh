@@ -15,10 +15,15 @@
 # `ctr images import` and `kind load image-archive`; target/images/sizes.txt lists their sizes.
 #
 # Environment: IMAGES="sidecar operator ..." builds a subset; PODMAN overrides the podman binary;
-# IMAGE_PROFILE=image-test builds the binaries with the Cargo profile of that name (optimised
-# less, no LTO: what `make test` runs on its node, built in a fraction of the time; the
-# Containerfiles, static linking and everything else are the same). The default, release, is
-# what users run, and the only one whose sidecar image is held to its 15 MiB budget.
+# IMAGE_PROFILE names another Cargo profile for the binaries (the default, release, is what users
+# run, and the only one whose sidecar image is held to its 15 MiB budget).
+#
+# IMAGE_BINARIES=DIR builds nothing: the images take the binaries already in DIR, as `make test`
+# does with the ones its test build left in target/debug (a cold optimised build would cost more
+# than the rest of the suite). Those are linked dynamically, so each image also gets the program
+# interpreter and the shared libraries the binary names (glibc's, from the Debian packages
+# installed on this machine) at the paths the binary looks for them; debug info is stripped.
+# Everything else (Containerfiles, user, labels, archives) is the same as for release images.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +41,7 @@ podman="${PODMAN:-podman}"
 all_images="operator sidecar idp echo pause"
 images="${IMAGES:-$all_images}"
 profile="${IMAGE_PROFILE:-release}"
+prebuilt="${IMAGE_BINARIES:-}"
 
 install_tools() {
     local missing=()
@@ -102,13 +108,39 @@ build_binaries() {
     done
 }
 
+# The loader and shared libraries a dynamically linked BINARY needs, copied into ROOTFS at the
+# paths the loader looks for them (the binary's interpreter, the default library directories).
+copy_runtime() {
+    local binary="$1" rootfs="$2" line path
+    while read -r line; do
+        case "$line" in
+        *"=> not found"*) die "$binary: ${line%% *} not found" ;;
+        *" => /"*) path="${line#* => }" ;;
+        /*) path="$line" ;;
+        *) continue ;; # the vDSO, which the kernel provides
+        esac
+        path="${path%% (*}"
+        mkdir -p "$rootfs$(dirname "$path")"
+        cp -L "$path" "$rootfs$path"
+    done < <(ldd "$binary")
+}
+
 build_image() {
-    local image="$1" name binary
+    local image="$1" name binary source
     name="$(image_of "$image")"
     binary="$(binary_of "$image")"
     rm -rf "$context"
-    mkdir -p "$context"
-    cp "target/$target/$profile/$binary" "$context/$binary"
+    mkdir -p "$context/rootfs"
+    if [[ -n "$prebuilt" ]]; then
+        source="$prebuilt/$binary"
+        [[ -x "$source" ]] || die "$source is missing (IMAGE_BINARIES=$prebuilt)"
+        strip --strip-debug -o "$context/$binary" "$source"
+        if LC_ALL=C readelf -l "$source" | grep -q 'program interpreter'; then
+            copy_runtime "$source" "$context/rootfs"
+        fi
+    else
+        cp "target/$target/$profile/$binary" "$context/$binary"
+    fi
     cp /etc/ssl/certs/ca-certificates.crt "$context/ca-certificates.crt"
     log "building $name"
     "$podman" build --quiet --no-cache --pull=never \
@@ -139,7 +171,11 @@ CREATED="$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 mkdir -p "$out"
 : >"$out/sizes.txt"
-build_binaries
+if [[ -n "$prebuilt" ]]; then
+    log "taking the binaries from $prebuilt"
+else
+    build_binaries
+fi
 for image in $images; do
     build_image "$image"
 done
@@ -147,6 +183,6 @@ rm -rf "$context"
 log "images (uncompressed size):"
 cut -f1,3 "$out/sizes.txt" | column -t >&2
 sidecar_size="$(awk -v n="$(image_of sidecar)" '$1 == n { print $2 }' "$out/sizes.txt")"
-if [[ "$profile" == release && -n "$sidecar_size" ]] && ((sidecar_size > 15 * 1024 * 1024)); then
+if [[ -z "$prebuilt" && "$profile" == release && -n "$sidecar_size" ]] && ((sidecar_size > 15 * 1024 * 1024)); then
     die "the sidecar image is $sidecar_size bytes, over its 15 MiB budget"
 fi

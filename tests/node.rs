@@ -1,12 +1,15 @@
 //! tokengate as users run it: from its images, on a real node. A control plane and a node
 //! (containerd, kubelet, kube-scheduler, kube-proxy; `tokengate_testkit::cluster::node`) start
-//! on this machine, the images `make images` built are imported into containerd, the chart is
-//! installed with helm (the operator's image, two replicas, the webhook), and the identity
-//! provider and the application run as pods. Requests reach the application through its
-//! ClusterIP Service, from the host and from a client pod, and the injected sidecar decides.
+//! on this machine, the images are imported into containerd, the chart is installed with helm
+//! (the operator's image, two replicas, the webhook, a trust bundle), and the identity provider
+//! (plain http, and its Entra personality over https with a private CA) and the application run
+//! as pods. Requests reach the application through its ClusterIP Service, from the host and
+//! from a client pod, and the injected sidecar decides.
 //!
-//! Needs root, `make images` (`TOKENGATE_IMAGES_DIR`, default `target/images`), `make node`
-//! (`TOKENGATE_NODE_BIN`), `make controlplane kubectl helm`; `make node-test` does all of it.
+//! Needs root, the image archives in `target/images` (`TOKENGATE_IMAGES_DIR`; `make test` and
+//! `make node-test` build them from the test build's binaries, `make images` from release
+//! ones), `make node` (`TOKENGATE_NODE_BIN`) and `make controlplane kubectl helm`. Part of
+//! `make test`; `make node-test` runs it alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +22,7 @@ use kube::api::ListParams;
 use serde_json::Value;
 use tokengate_policy::contract;
 use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
+use tokengate_testkit::cluster::pki::CertificateAuthority;
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::wait_until;
 use tokengate_testkit::{dashboard, metrics};
@@ -64,7 +68,7 @@ fn image_archives() -> Vec<PathBuf> {
     for archive in &archives {
         assert!(
             archive.is_file(),
-            "{} is missing: run `make images` (or set {IMAGES_DIR_ENV})",
+            "{} is missing: run `make node-test` or `make images` (or set {IMAGES_DIR_ENV})",
             archive.display()
         );
     }
@@ -109,11 +113,24 @@ impl Tools {
 
     /// A client-credentials token from the identity provider's pod, for `scope`.
     fn token(&self, namespace: &str, issuer: &str, scope: &str) -> String {
-        self.kubectl(&[
+        self.token_from(namespace, "deploy/idp", issuer, scope, &[])
+    }
+
+    /// A client-credentials token from the provider running in `target` (`deploy/NAME`), with
+    /// further arguments of `tokengate-idp token`.
+    fn token_from(
+        &self,
+        namespace: &str,
+        target: &str,
+        issuer: &str,
+        scope: &str,
+        extra: &[&str],
+    ) -> String {
+        let mut args = vec![
             "exec",
             "-n",
             namespace,
-            "deploy/idp",
+            target,
             "--",
             "/usr/local/bin/entrypoint",
             "token",
@@ -121,9 +138,9 @@ impl Tools {
             issuer,
             "--scope",
             scope,
-        ])
-        .trim()
-        .to_owned()
+        ];
+        args.extend(extra);
+        self.kubectl(&args).trim().to_owned()
     }
 
     /// One request from the client pod (`tokengate-echo request`): status and whole response.
@@ -194,6 +211,19 @@ async fn http_bearer(addr: &str, path: &str, token: Option<&str>) -> (u16, Strin
             http(addr, path, &[("Authorization", &value)]).await
         }
         None => http(addr, path, &[]).await,
+    }
+}
+
+/// [`http_bearer`] every 300 ms until the status is `want` or [`TIMEOUT`] passes: the last
+/// status and response (for changes that take a moment to reach the sidecar or kube-proxy).
+async fn until_status(addr: &str, path: &str, token: Option<&str>, want: u16) -> (u16, String) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let last = http_bearer(addr, path, token).await;
+        if last.0 == want || Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -318,6 +348,114 @@ fn idp_yaml(namespace: &str, public_url: &str) -> String {
     )
 }
 
+/// The identity provider's Microsoft Entra personality, serving https with the certificate in
+/// Secret `entra-tls` (issued for its Service's address) and `--public-url` as the authority.
+/// The CA it chains to is mounted too, for `token --ca-file` from inside the pod.
+fn entra_idp_yaml(namespace: &str, authority: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: entra
+  namespace: {namespace}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: entra}}
+  template:
+    metadata:
+      labels: {{app: entra}}
+    spec:
+      containers:
+        - name: idp
+          image: {image}
+          imagePullPolicy: Never
+          args: [\"--listen\", \"0.0.0.0:8443\", \"--public-url\", \"{authority}\",
+            \"--entra-tenant\", \"{ENTRA_TENANT}\", \"--entra-api\", \"{ENTRA_API}\",
+            \"--client\", \"{ENTRA_CLIENT}:{ENTRA_CLIENT_SECRET}\",
+            \"--tls-cert\", \"/tls/tls.crt\", \"--tls-key\", \"/tls/tls.key\"]
+          ports:
+            - {{name: https, containerPort: 8443}}
+          readinessProbe:
+            tcpSocket: {{port: https}}
+            periodSeconds: 1
+          volumeMounts:
+            - {{name: tls, mountPath: /tls, readOnly: true}}
+            - {{name: ca, mountPath: /ca, readOnly: true}}
+      volumes:
+        - {{name: tls, secret: {{secretName: entra-tls}}}}
+        - {{name: ca, configMap: {{name: {TRUST_BUNDLE}}}}}
+",
+        image = test_image("tokengate-idp"),
+    )
+}
+
+fn entra_service_yaml(namespace: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: entra
+  namespace: {namespace}
+spec:
+  selector: {{app: entra}}
+  ports:
+    - {{name: https, port: 443, targetPort: https}}
+"
+    )
+}
+
+/// The Entra tenant and the API registered with it.
+const ENTRA_TENANT: &str = "8d2f6c1e-4b7a-4c3d-9e5f-1a2b3c4d5e6f";
+const ENTRA_API: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+/// The one client application registered with it, the only one the policy admits.
+const ENTRA_CLIENT: &str = "11111111-2222-4333-8444-555555555555";
+const ENTRA_CLIENT_SECRET: &str = "storefront-secret";
+/// The ConfigMap of the chart's `sidecar.trustBundle.configMap`, in every namespace involved.
+const TRUST_BUNDLE: &str = "corp-ca";
+
+/// The orders policy in Entra mode (validate-azure-ad-token) against the https authority.
+fn orders_entra_policy_yaml(namespace: &str, authority: &str) -> String {
+    format!(
+        "apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: orders
+  namespace: {namespace}
+spec:
+  selector:
+    matchLabels: {{app: orders}}
+  validateAzureAdToken:
+    tenantId: {ENTRA_TENANT}
+    authenticationEndpoint: {authority}
+    backendApplicationIds: [{ENTRA_API}]
+    clientApplicationIds: [{ENTRA_CLIENT}]
+  forwarding:
+    forwardToken: false
+    claimsToHeaders:
+      - {{claim: azp, header: X-Client-App}}
+  rules:
+    - {{paths: [\"/healthz\"], authentication: Disabled}}
+  privateAccess:
+    networkPolicy: true
+"
+    )
+}
+
+fn config_map_yaml(namespace: &str, name: &str, key: &str, text: &str) -> String {
+    let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}
+  namespace: {namespace}
+data:
+  {key}: |
+{indented}"
+    )
+}
+
 fn service_yaml(namespace: &str, name: &str) -> String {
     format!(
         "apiVersion: v1
@@ -415,7 +553,7 @@ fn restart_count(pod: &Pod) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root, `make images` and `make node`: run with `make node-test`"]
+#[ignore = "needs root, the images and `make node`: run by `make test` and `make node-test`"]
 async fn tokengate_from_its_images_on_a_real_node() {
     let archives = image_archives();
     let node = tokio::task::spawn_blocking(move || {
@@ -451,7 +589,9 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
 
     // The chart, as a platform team installs it: images from the chart's defaults (present on
     // the node, so IfNotPresent never pulls), two operator replicas, the webhook. Plain-http
-    // key sources are allowed because the test identity provider serves http.
+    // key sources are allowed because the generic test identity provider serves http; the
+    // sidecars trust the private CA of the https one (its Entra personality) through the
+    // trust bundle ConfigMap.
     let installed = Instant::now();
     tools
         .helm
@@ -463,7 +603,9 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
             "tokengate-system",
             "--create-namespace",
             "--set",
-            "operator.replicas=2,webhook.allowHttpKeySources=true",
+            &format!(
+                "operator.replicas=2,webhook.allowHttpKeySources=true,sidecar.trustBundle.configMap={TRUST_BUNDLE}"
+            ),
             "--wait",
             "--timeout",
             "3m",
@@ -490,6 +632,35 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     let idp_services = Api::<Service>::namespaced(client.clone(), "idp");
     let issuer = format!("http://{}", cluster_ip(&idp_services, "idp").await);
     tools.apply("idp", &idp_yaml("idp", &issuer));
+
+    // Its Entra personality over https, with a certificate for its Service's address from a
+    // private CA; the CA goes into the trust bundle ConfigMap of each namespace involved.
+    tools.apply("entra-service", &entra_service_yaml("idp"));
+    let entra_ip = cluster_ip(&idp_services, "entra").await;
+    let authority = format!("https://{entra_ip}");
+    let ca = CertificateAuthority::new("tokengate node test CA")?;
+    let served = ca.issue_server("entra", &[&entra_ip])?;
+    let cert_file = tools.scratch.path().join("entra.crt");
+    let key_file = tools.scratch.path().join("entra.key");
+    std::fs::write(&cert_file, &served.cert_pem)?;
+    std::fs::write(&key_file, &served.key_pem)?;
+    tools.kubectl(&[
+        "create",
+        "secret",
+        "tls",
+        "entra-tls",
+        "-n",
+        "idp",
+        "--cert",
+        cert_file.to_str().context("UTF-8 path")?,
+        "--key",
+        key_file.to_str().context("UTF-8 path")?,
+    ]);
+    tools.apply(
+        "idp-trust",
+        &config_map_yaml("idp", TRUST_BUNDLE, "ca.crt", ca.cert_pem()),
+    );
+    tools.apply("entra", &entra_idp_yaml("idp", &authority));
     tools.rollout("idp", "idp");
 
     // The application, in a namespace opted in to injection, with its TokenPolicies.
@@ -508,6 +679,10 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     tools.apply(
         "orders-policy",
         &orders_policy_yaml(ns, &issuer, "Orders.Admin"),
+    );
+    tools.apply(
+        "shop-trust",
+        &config_map_yaml(ns, TRUST_BUNDLE, "ca.crt", ca.cert_pem()),
     );
     tools.apply("orders-service", &service_yaml(ns, "orders"));
     tools.apply("client", &client_pod_yaml(ns));
@@ -545,6 +720,14 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     let orders = format!("{}:80", cluster_ip(&services, "orders").await);
     let audience = tokengate_testkit::idp::DEFAULT_AUDIENCE;
     let token = tools.token("idp", &issuer, &format!("{audience}/.default"));
+    // The pod is Ready; kube-proxy programs the Service's rules a moment later.
+    let (status, response) = until_status(&orders, "/healthz", None, 200).await;
+    ensure_status(
+        status,
+        200,
+        "the open route, once the Service answers",
+        &response,
+    )?;
     let (status, response) = http_bearer(&orders, "/orders", None).await;
     ensure_status(status, 401, "no token", &response)?;
     let (status, response) = http_bearer(&orders, "/orders", Some(&token)).await;
@@ -584,15 +767,7 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
         "-p",
         r#"[{"op":"remove","path":"/spec/rules/1"}]"#,
     ]);
-    let mut last = (0, String::new());
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        last = http_bearer(&orders, "/admin/users", Some(&token)).await;
-        if last.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let last = until_status(&orders, "/admin/users", Some(&token), 200).await;
     ensure_status(last.0, 200, "the route once its rule is removed", &last.1)?;
     let same = ready_pod(&pods, "orders").await;
     if same.metadata.uid != uid || restart_count(&same) != 0 {
@@ -679,18 +854,50 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     })
     .await?;
     // The Service's endpoints follow the pod's readiness a moment later.
-    let mut last = (0, String::new());
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        last = http_bearer(&orders, "/orders", None).await;
-        if last.0 != 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let last = until_status(&orders, "/orders", None, 401).await;
     ensure_status(last.0, 401, "no token, after the restart", &last.1)?;
     let (status, response) = http_bearer(&orders, "/orders", Some(&token)).await;
     ensure_status(status, 200, "a token, after the restart", &response)?;
+
+    // Entra mode: the policy switched to validate-azure-ad-token against the https authority.
+    // The sidecar discovers the tenant's keys over https, trusting the CA through the trust
+    // bundle the webhook mounted; tokens of the generic provider no longer pass.
+    tools.rollout("idp", "entra");
+    let entra_token = tools.token_from(
+        "idp",
+        "deploy/entra",
+        &format!("{authority}/{ENTRA_TENANT}/v2.0"),
+        &format!("{ENTRA_API}/.default"),
+        &[
+            "--ca-file",
+            "/ca/ca.crt",
+            "--client-id",
+            ENTRA_CLIENT,
+            "--client-secret",
+            ENTRA_CLIENT_SECRET,
+        ],
+    );
+    tools.apply(
+        "orders-entra-policy",
+        &orders_entra_policy_yaml(ns, &authority),
+    );
+    let last = until_status(&orders, "/orders", Some(&entra_token), 200).await;
+    ensure_status(last.0, 200, "an Entra token, in Entra mode", &last.1)?;
+    if !last.1.to_ascii_lowercase().contains("x-client-app") || !last.1.contains(ENTRA_CLIENT) {
+        bail!(
+            "the application did not get the Entra claim header: {}",
+            last.1
+        );
+    }
+    let (status, response) = http_bearer(&orders, "/orders", Some(&token)).await;
+    ensure_status(
+        status,
+        401,
+        "the generic provider's token, in Entra mode",
+        &response,
+    )?;
+    let (status, response) = tools.request_from_client_pod(ns, &url, Some(&entra_token));
+    ensure_status(status, 200, "an Entra token, from a pod", &response)?;
     Ok(())
 }
 

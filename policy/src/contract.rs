@@ -69,6 +69,8 @@ pub const BUNDLE_KEYS_DIR: &str = "keys";
 pub const POD_INFO_DIR: &str = "/var/run/tokengate/pod";
 /// File (below [`POD_INFO_DIR`]) holding the pod's labels, one `key="value"` a line.
 pub const POD_LABELS_FILE: &str = "labels";
+/// Directory of the ConfigMap volume with the [`TrustBundle`], when one is configured.
+pub const TRUST_BUNDLE_DIR: &str = "/var/run/tokengate/trust";
 
 /// The bundle file name of a policy.
 pub fn policy_file_name(policy: &str) -> String {
@@ -104,6 +106,25 @@ pub struct SidecarTuning {
     pub header_read_timeout: Option<Duration>,
     /// `--drain-timeout`: time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Option<Duration>,
+    /// `--extra-ca-file`: certificates trusted for https key sources besides the system roots.
+    pub trust_bundle: Option<TrustBundle>,
+}
+
+/// A ConfigMap in the application's namespace whose PEM bundle the sidecar trusts for https key
+/// sources besides the system roots: an identity provider with a private CA. The webhook
+/// mounts key `key` at [`TRUST_BUNDLE_DIR`]; a ConfigMap of one name in every namespace (what
+/// trust-manager, or `kube-root-ca.crt`, provides) serves every pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    pub config_map: String,
+    pub key: String,
+}
+
+impl TrustBundle {
+    /// The bundle's path in the sidecar.
+    pub fn file(&self) -> String {
+        format!("{TRUST_BUNDLE_DIR}/{}", self.key)
+    }
 }
 
 impl SidecarTuning {
@@ -122,6 +143,9 @@ impl SidecarTuning {
             if let Some(value) = value {
                 args.push(format!("{flag}={}ms", value.as_millis()));
             }
+        }
+        if let Some(bundle) = &self.trust_bundle {
+            args.push(format!("--extra-ca-file={}", bundle.file()));
         }
         args
     }
@@ -184,19 +208,25 @@ mod tests {
         assert!(joined.contains("--upstream http://127.0.0.1:8080"));
         assert!(joined.contains("--admin 0.0.0.0:15081"));
         assert!(!joined.contains("timeout") && !joined.contains("log-format"));
+        assert!(!joined.contains("extra-ca"));
         let tuned = SidecarTuning {
             log_format: Some("json".to_owned()),
             upstream_timeout: Some(Duration::from_millis(1500)),
             drain_timeout: Some(Duration::from_secs(20)),
+            trust_bundle: Some(TrustBundle {
+                config_map: "corp-ca".to_owned(),
+                key: "bundle.pem".to_owned(),
+            }),
             ..SidecarTuning::default()
         };
         let args = sidecar_run_args(8080, &tuned);
         assert_eq!(
-            &args[args.len() - 3..],
+            &args[args.len() - 4..],
             [
                 "--log-format=json",
                 "--upstream-timeout=1500ms",
-                "--drain-timeout=20000ms"
+                "--drain-timeout=20000ms",
+                "--extra-ca-file=/var/run/tokengate/trust/bundle.pem"
             ]
         );
     }

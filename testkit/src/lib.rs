@@ -5,5 +5,6 @@
 pub mod cluster;
 pub mod dashboard;
 pub mod echo;
+pub mod https;
 pub mod idp;
 pub mod metrics;

@@ -51,6 +51,21 @@ OTHER_AUDIENCE="api://another-api"
 # The client the provider registers when started without --client: tokens carry sub=demo.
 TOKEN_SUBJECT="demo"
 
+# The provider's Microsoft Entra personality, over https with a certificate from a CA made for
+# the run (openssl, into ENTRA_DIR): a tenant, an API registered with it, and the authority (its
+# Service) that the Entra-mode TokenPolicy names as authenticationEndpoint.
+ENTRA_HOST="entra.$IDP_NAMESPACE.svc.cluster.local"
+ENTRA_AUTHORITY="https://$ENTRA_HOST"
+ENTRA_TENANT="8d2f6c1e-4b7a-4c3d-9e5f-1a2b3c4d5e6f"
+ENTRA_API="6e74172b-be56-4843-9ff4-e66a39bb12e3"
+# The one client application registered with it, the only one the policy admits.
+ENTRA_CLIENT="11111111-2222-4333-8444-555555555555"
+ENTRA_CLIENT_SECRET="storefront-secret"
+ENTRA_DIR="$REPO/target/kind/entra"
+# The chart's sidecar.trustBundle.configMap: this ConfigMap (key ca.crt) holds the CA, in the
+# application's namespace for the sidecars and in the provider's for its token subcommand.
+TRUST_BUNDLE="corp-ca"
+
 # The application: the echo server in a namespace opted in to injection.
 APP_NAMESPACE="demo"
 APP_PORT=8080
@@ -152,6 +167,8 @@ require() {
         missing+=("kubectl: https://kubernetes.io/docs/tasks/tools/")
     command -v helm >/dev/null 2>&1 ||
         missing+=("helm 3: https://helm.sh/docs/intro/install/")
+    command -v openssl >/dev/null 2>&1 ||
+        missing+=("openssl, which makes the https provider's certificates (Debian: apt-get install openssl)")
     if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
         # `make images` builds with cargo and podman (images/build.sh), whatever engine runs kind.
         command -v make >/dev/null 2>&1 || missing+=("make (GNU make)")
@@ -239,13 +256,15 @@ load_images() {
 
 # The chart as a platform team installs it: images from the chart's defaults (loaded on the
 # nodes, so IfNotPresent never pulls), two operator replicas, the webhook (on by default).
-# Plain-http key sources are allowed because the test identity provider serves http.
+# Plain-http key sources are allowed because the generic test identity provider serves http;
+# the sidecars trust the CA of the https one (its Entra personality) through the trust bundle.
 install_chart() {
     helm upgrade --install "$RELEASE" "$CHART_DIR" \
         --kube-context "$KUBE_CONTEXT" \
         --namespace "$RELEASE_NAMESPACE" --create-namespace \
         --set operator.replicas=2 \
         --set webhook.allowHttpKeySources=true \
+        --set sidecar.trustBundle.configMap="$TRUST_BUNDLE" \
         --wait --timeout 5m
     local ready
     ready="$(k get pods -n "$RELEASE_NAMESPACE" -l "$OPERATOR_SELECTOR" \
@@ -303,6 +322,98 @@ spec:
             periodSeconds: 2
 EOF
     k rollout status deployment/idp -n "$IDP_NAMESPACE" --timeout="${TIMEOUT}s"
+    deploy_entra
+}
+
+# A CA for the run and a serving certificate for $ENTRA_HOST signed by it, in $ENTRA_DIR
+# (ca.crt, tls.crt, tls.key).
+make_entra_certificates() {
+    local dir="$ENTRA_DIR"
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=tokengate kind suite CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$ENTRA_HOST" \
+        -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' \
+        "$ENTRA_HOST" >"$dir/tls.ext"
+    openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 2 -extfile "$dir/tls.ext" -out "$dir/tls.crt" 2>/dev/null
+}
+
+# trust_bundle NAMESPACE: the trust bundle ConfigMap, with the run's CA, in NAMESPACE.
+trust_bundle() {
+    k create configmap "$TRUST_BUNDLE" -n "$1" --from-file=ca.crt="$ENTRA_DIR/ca.crt" \
+        --dry-run=client -o yaml | k apply -f -
+}
+
+# The provider's Entra personality at $ENTRA_AUTHORITY, serving https with a certificate of a
+# CA made here; the CA goes into the trust bundle of the provider's namespace (and, in
+# deploy_app, of the application's). node.rs: "Its Entra personality over https".
+deploy_entra() {
+    make_entra_certificates
+    k create secret tls entra-tls -n "$IDP_NAMESPACE" \
+        --cert "$ENTRA_DIR/tls.crt" --key "$ENTRA_DIR/tls.key" \
+        --dry-run=client -o yaml | k apply -f -
+    trust_bundle "$IDP_NAMESPACE"
+    k apply -f - <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: entra
+  namespace: $IDP_NAMESPACE
+spec:
+  selector: {app: entra}
+  ports:
+    - {name: https, port: 443, targetPort: https}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: entra
+  namespace: $IDP_NAMESPACE
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: entra}
+  template:
+    metadata:
+      labels: {app: entra}
+    spec:
+      containers:
+        - name: idp
+          image: $IDP_IMAGE
+          imagePullPolicy: Never
+          args: ["--listen", "0.0.0.0:8443", "--public-url", "$ENTRA_AUTHORITY",
+            "--entra-tenant", "$ENTRA_TENANT", "--entra-api", "$ENTRA_API",
+            "--client", "$ENTRA_CLIENT:$ENTRA_CLIENT_SECRET",
+            "--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key"]
+          ports:
+            - {name: https, containerPort: 8443}
+          readinessProbe:
+            tcpSocket: {port: https}
+            periodSeconds: 2
+          volumeMounts:
+            - {name: tls, mountPath: /tls, readOnly: true}
+            - {name: ca, mountPath: /ca, readOnly: true}
+      volumes:
+        - {name: tls, secret: {secretName: entra-tls}}
+        - {name: ca, configMap: {name: $TRUST_BUNDLE}}
+EOF
+    k rollout status deployment/entra -n "$IDP_NAMESPACE" --timeout="${TIMEOUT}s"
+}
+
+# An Entra access token (v2.0) for the API, from the https provider's pod.
+get_entra_token() {
+    local token
+    token="$(k exec -n "$IDP_NAMESPACE" deploy/entra -- "$TEST_IMAGE_BINARY" token \
+        --issuer "$ENTRA_AUTHORITY/$ENTRA_TENANT/v2.0" --scope "$ENTRA_API/.default" \
+        --ca-file /ca/ca.crt --client-id "$ENTRA_CLIENT" --client-secret "$ENTRA_CLIENT_SECRET")" ||
+        die "no token from the Entra provider"
+    token="${token//[[:space:]]/}"
+    [[ "$token" == *.*.* ]] || die "the Entra provider printed no JWT: $token"
+    printf '%s\n' "$token"
 }
 
 # get_token [SCOPE]: a client-credentials token from the provider's pod, for SCOPE
@@ -352,6 +463,34 @@ spec:
 EOF
 }
 
+# The same TokenPolicy in Entra mode (validate-azure-ad-token) against the https provider: v2.0
+# tokens of the tenant for the API, the calling application passed on as X-Client-App.
+entra_policy_yaml() {
+    cat <<EOF
+apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: orders
+  namespace: $APP_NAMESPACE
+spec:
+  selector:
+    matchLabels: {app: orders}
+  validateAzureAdToken:
+    tenantId: "$ENTRA_TENANT"
+    authenticationEndpoint: "$ENTRA_AUTHORITY"
+    backendApplicationIds: ["$ENTRA_API"]
+    clientApplicationIds: ["$ENTRA_CLIENT"]
+  forwarding:
+    forwardToken: false
+    claimsToHeaders:
+      - {claim: azp, header: X-Client-App}
+  rules:
+    - {paths: ["/healthz"], authentication: Disabled}
+  privateAccess:
+    networkPolicy: true
+EOF
+}
+
 # The application in a namespace opted in to injection: its TokenPolicy first (so the sidecar
 # finds its bundle), its Service, the client pod, then the Deployment.
 deploy_app() {
@@ -363,6 +502,8 @@ metadata:
   labels:
     tokengate.dev/injection: enabled
 EOF
+    # The trust bundle the chart names: injected pods wait for it.
+    trust_bundle "$APP_NAMESPACE"
     policy_yaml | k apply -f -
     k wait tokenpolicy/orders -n "$APP_NAMESPACE" --for=condition=Ready --timeout="${TIMEOUT}s"
     # The operator fetched the provider's discovery document and keys.
@@ -573,5 +714,6 @@ dump_diagnostics() {
         k logs -n "$RELEASE_NAMESPACE" -l "$OPERATOR_SELECTOR" --prefix --tail=40
         k logs -n "$APP_NAMESPACE" -l app=orders -c "$SIDECAR_CONTAINER" --prefix --tail=40
         k logs -n "$IDP_NAMESPACE" deploy/idp --tail=20
+        k logs -n "$IDP_NAMESPACE" deploy/entra --tail=20
     } >&2 || true
 }

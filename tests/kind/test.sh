@@ -223,6 +223,21 @@ network_policy_enforced() {
     expect_status 200 request "$APP_URL/orders" "$TOKEN"
 }
 
+# node.rs: "Entra mode": the policy switched to validate-azure-ad-token against the https
+# provider. The sidecar fetches the tenant's keys over https, trusting the run's CA through the
+# trust bundle the webhook mounted; an Entra token gets 200 with the calling application as
+# X-Client-App, the generic provider's token 401.
+entra_mode_over_https() {
+    local entra_token
+    entra_token="$(get_entra_token)"
+    entra_policy_yaml | k apply -f -
+    eventually_status 200 request "$APP_URL/orders" "$entra_token"
+    grep -qF "\"x-client-app\":[\"$ENTRA_CLIENT\"]" <<<"$(body_of "$LAST_RESPONSE")" ||
+        die "the application did not get X-Client-App: $(redact "$LAST_RESPONSE")"
+    expect_status 401 request "$APP_URL/orders" "$TOKEN"
+    log "ok: Entra mode over https with the trust bundle"
+}
+
 main() {
     require
     trap on_exit EXIT
@@ -241,6 +256,7 @@ main() {
     run_step metrics_scraped_from_the_pods
     run_step sidecar_killed_and_restarted
     run_step network_policy_enforced
+    run_step entra_mode_over_https
     log "all steps passed"
 }
 

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    DownwardAPIVolumeSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
@@ -26,6 +26,8 @@ pub const POLICIES_VOLUME: &str = "tokengate-policies";
 pub const KEYS_VOLUME: &str = "tokengate-keys";
 /// Downward-API volume with the pod's labels.
 pub const POD_INFO_VOLUME: &str = "tokengate-pod-info";
+/// ConfigMap volume with the [`contract::TrustBundle`], when one is configured.
+pub const TRUST_VOLUME: &str = "tokengate-trust";
 
 /// The injected container, as the operator's configuration describes it.
 #[derive(Clone, Debug)]
@@ -154,7 +156,9 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
         }
     }
     for volume in spec.volumes.iter().flatten() {
-        if [POLICIES_VOLUME, KEYS_VOLUME, POD_INFO_VOLUME].contains(&volume.name.as_str()) {
+        if [POLICIES_VOLUME, KEYS_VOLUME, POD_INFO_VOLUME, TRUST_VOLUME]
+            .contains(&volume.name.as_str())
+        {
             return Err(format!(
                 "the pod already has a volume named {}, which the injected sidecar needs; rename it",
                 volume.name
@@ -235,7 +239,8 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
     } else {
         ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
     }
-    let volumes = serde_json::to_value(volumes()).map_err(|e| format!("writing volumes: {e}"))?;
+    let volumes = volumes(settings.sidecar.tuning.trust_bundle.as_ref());
+    let volumes = serde_json::to_value(volumes).map_err(|e| format!("writing volumes: {e}"))?;
     if spec.volumes.is_some() {
         for volume in volumes.as_array().into_iter().flatten() {
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
@@ -455,6 +460,20 @@ fn sidecar_container(protected: &ProtectedPort, settings: &SidecarSettings) -> C
         read_only: Some(true),
         ..VolumeMount::default()
     };
+    let mut mounts = vec![
+        mount(
+            POLICIES_VOLUME,
+            format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_POLICIES_DIR),
+        ),
+        mount(
+            KEYS_VOLUME,
+            format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_KEYS_DIR),
+        ),
+        mount(POD_INFO_VOLUME, contract::POD_INFO_DIR.to_owned()),
+    ];
+    if settings.tuning.trust_bundle.is_some() {
+        mounts.push(mount(TRUST_VOLUME, contract::TRUST_BUNDLE_DIR.to_owned()));
+    }
     Container {
         name: contract::SIDECAR_CONTAINER.to_owned(),
         image: Some(settings.image.clone()),
@@ -502,25 +521,17 @@ fn sidecar_container(protected: &ProtectedPort, settings: &SidecarSettings) -> C
         startup_probe: Some(admin_probe(contract::SIDECAR_LIVE_PATH, 1, 30)),
         readiness_probe: Some(admin_probe(contract::SIDECAR_READY_PATH, 2, 3)),
         liveness_probe: Some(admin_probe(contract::SIDECAR_LIVE_PATH, 10, 3)),
-        volume_mounts: Some(vec![
-            mount(
-                POLICIES_VOLUME,
-                format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_POLICIES_DIR),
-            ),
-            mount(
-                KEYS_VOLUME,
-                format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_KEYS_DIR),
-            ),
-            mount(POD_INFO_VOLUME, contract::POD_INFO_DIR.to_owned()),
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }
 
 /// The namespace bundle (both optional: a namespace without policies has none yet, and the
-/// sidecar then refuses with `NoPolicy`) and the pod's labels.
-fn volumes() -> Vec<Volume> {
-    vec![
+/// sidecar then refuses with `NoPolicy`), the pod's labels and the trust bundle, if any. The
+/// trust bundle is not optional: without its ConfigMap the kubelet holds the pod back with an
+/// event that names it, rather than starting a sidecar that cannot reach its key source.
+fn volumes(trust_bundle: Option<&contract::TrustBundle>) -> Vec<Volume> {
+    let mut volumes = vec![
         Volume {
             name: POLICIES_VOLUME.to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -554,7 +565,24 @@ fn volumes() -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-    ]
+    ];
+    if let Some(bundle) = trust_bundle {
+        volumes.push(Volume {
+            name: TRUST_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: bundle.config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: bundle.key.clone(),
+                    path: bundle.key.clone(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
 }
 
 /// A JSON pointer token (RFC 6901): `~` and `/` escaped.
@@ -744,6 +772,77 @@ mod tests {
         let annotations = patched.metadata.annotations.expect("annotations");
         assert_eq!(annotations[contract::SIDECAR_VERSION_ANNOTATION], "0.1.0");
         assert_eq!(annotations[contract::UPSTREAM_PORT_ANNOTATION], "8080");
+    }
+
+    #[test]
+    fn a_trust_bundle_is_mounted_where_the_sidecar_is_told_to_read_it() {
+        let mut with_bundle = settings();
+        let bundle = contract::TrustBundle {
+            config_map: "corp-ca".to_owned(),
+            key: "ca.crt".to_owned(),
+        };
+        with_bundle.sidecar.tuning.trust_bundle = Some(bundle.clone());
+        let input = pod(json!({
+            "metadata": {"name": "orders"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}]},
+        }));
+        let Injection::Inject { patch, .. } = inject(&input, "shop", &with_bundle) else {
+            panic!("expected an injection");
+        };
+        let patched = apply(&input, &patch);
+        let container = sidecar(&patched);
+        let args = container.args.as_deref().unwrap_or_default();
+        assert!(
+            args.contains(&format!("--extra-ca-file={}", bundle.file())),
+            "{args:?}"
+        );
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == TRUST_VOLUME)
+            .expect("trust bundle mount");
+        assert_eq!(mount.mount_path, contract::TRUST_BUNDLE_DIR);
+        assert!(bundle.file().starts_with(&format!("{}/", mount.mount_path)));
+        let volumes = patched.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        let names: Vec<&str> = volumes
+            .into_iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names.first(), Some(&"data"), "the pod's own volume stays");
+        let volume = volumes
+            .into_iter()
+            .flatten()
+            .find(|v| v.name == TRUST_VOLUME)
+            .and_then(|v| v.config_map.as_ref())
+            .expect("trust bundle volume");
+        assert_eq!(volume.name, "corp-ca");
+        assert_eq!(volume.optional, Some(false));
+        let items = volume.items.as_deref().unwrap_or_default();
+        assert_eq!(
+            (items.len(), items[0].key.as_str(), items[0].path.as_str()),
+            (1, "ca.crt", "ca.crt")
+        );
+
+        // Without one, nothing is mounted or passed.
+        let (_, plain) = injected(&input);
+        let plain = sidecar(&plain);
+        assert!(!plain.args.iter().flatten().any(|a| a.contains("extra-ca")));
+        assert!(
+            !plain
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == TRUST_VOLUME)
+        );
+        // A pod volume of the same name is refused with a message naming it.
+        let clash = pod(json!({
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                "volumes": [{"name": TRUST_VOLUME, "emptyDir": {}}]},
+        }));
+        assert!(refusal(&clash).contains(TRUST_VOLUME));
     }
 
     #[test]

@@ -162,6 +162,20 @@ pub struct WebhookArgs {
     /// below the pods' terminationGracePeriodSeconds.
     #[arg(long, value_parser = humantime::parse_duration, env = "TOKENGATE_SIDECAR_DRAIN_TIMEOUT")]
     pub sidecar_drain_timeout: Option<Duration>,
+
+    /// ConfigMap, in each application's namespace, with a PEM bundle the sidecars trust for
+    /// https key sources besides the system roots (an identity provider with a private CA; one
+    /// name in every namespace, as trust-manager distributes it). Pods wait for it to exist.
+    #[arg(long, env = "TOKENGATE_SIDECAR_TRUST_BUNDLE_CONFIGMAP")]
+    pub sidecar_trust_bundle_configmap: Option<String>,
+
+    /// Key of the bundle in `--sidecar-trust-bundle-configmap`.
+    #[arg(
+        long,
+        default_value = "ca.crt",
+        env = "TOKENGATE_SIDECAR_TRUST_BUNDLE_KEY"
+    )]
+    pub sidecar_trust_bundle_key: String,
 }
 
 impl WebhookArgs {
@@ -203,6 +217,7 @@ impl WebhookArgs {
         if self.sidecar_image.trim().is_empty() {
             bail!("--sidecar-image must not be empty");
         }
+        let trust_bundle = self.trust_bundle()?;
         Ok(InjectSettings {
             sidecar: SidecarSettings {
                 image: self.sidecar_image.clone(),
@@ -220,10 +235,47 @@ impl WebhookArgs {
                     idle_timeout: self.sidecar_idle_timeout,
                     header_read_timeout: self.sidecar_header_read_timeout,
                     drain_timeout: self.sidecar_drain_timeout,
+                    trust_bundle,
                 },
             },
             excluded_namespaces: vec!["kube-system".to_owned(), operator_namespace.to_owned()],
         })
+    }
+
+    /// `--sidecar-trust-bundle-*`, checked: an empty name means none.
+    fn trust_bundle(&self) -> Result<Option<contract::TrustBundle>> {
+        let Some(name) = self
+            .sidecar_trust_bundle_configmap
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(None);
+        };
+        let dns_subdomain = name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !dns_subdomain {
+            bail!(
+                "--sidecar-trust-bundle-configmap {name:?} is not a ConfigMap name (lowercase letters, digits, '-' and '.')"
+            );
+        }
+        let key = self.sidecar_trust_bundle_key.trim();
+        if !contract::is_valid_key_file_part(key) || key.len() > 253 {
+            bail!(
+                "--sidecar-trust-bundle-key {key:?} is not a ConfigMap key (letters, digits, '-', '_' and '.')"
+            );
+        }
+        Ok(Some(contract::TrustBundle {
+            config_map: name.to_owned(),
+            key: key.to_owned(),
+        }))
     }
 
     /// The operator's own certificates: the Service's DNS names plus `--webhook-host`.
@@ -483,6 +535,7 @@ mod tests {
             "--sidecar-log-format=json",
             "--sidecar-upstream-timeout=30s",
             "--sidecar-drain-timeout=20s",
+            "--sidecar-trust-bundle-configmap=corp-ca",
         ])
         .expect("flags parse");
         let settings = flags
@@ -500,8 +553,13 @@ mod tests {
             [
                 "--log-format=json",
                 "--upstream-timeout=30000ms",
-                "--drain-timeout=20000ms"
+                "--drain-timeout=20000ms",
+                "--extra-ca-file=/var/run/tokengate/trust/ca.crt"
             ]
+        );
+        assert_eq!(
+            settings.sidecar.tuning.trust_bundle.map(|b| b.config_map),
+            Some("corp-ca".to_owned())
         );
         assert_eq!(
             settings.excluded_namespaces,
@@ -514,5 +572,35 @@ mod tests {
             .inject_settings("tokengate-system")
             .expect_err("refused");
         assert!(err.to_string().contains("--sidecar-cpu-request"), "{err}");
+        for (flag, args) in [
+            (
+                "--sidecar-trust-bundle-configmap",
+                [
+                    "--sidecar-trust-bundle-configmap=Corp_CA",
+                    "--sidecar-log-format=json",
+                ],
+            ),
+            (
+                "--sidecar-trust-bundle-key",
+                [
+                    "--sidecar-trust-bundle-configmap=corp-ca",
+                    "--sidecar-trust-bundle-key=../ca.crt",
+                ],
+            ),
+        ] {
+            let flags = Flags::try_parse_from(std::iter::once("tokengate-operator").chain(args))
+                .expect("flags parse");
+            let err = flags
+                .webhook
+                .inject_settings("tokengate-system")
+                .expect_err("refused");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        // Empty (the chart's default) is none.
+        let flags =
+            Flags::try_parse_from(["tokengate-operator", "--sidecar-trust-bundle-configmap="])
+                .expect("flags parse");
+        let settings = flags.webhook.inject_settings("ns").expect("settings");
+        assert_eq!(settings.sidecar.tuning.trust_bundle, None);
     }
 }

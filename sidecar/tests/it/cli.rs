@@ -173,6 +173,10 @@ fn run_accepts_the_arguments_the_contract_builds() {
         idle_timeout: Some(Duration::from_secs(90)),
         header_read_timeout: Some(Duration::from_secs(3)),
         drain_timeout: Some(Duration::from_secs(20)),
+        trust_bundle: Some(contract::TrustBundle {
+            config_map: "corp-ca".to_owned(),
+            key: "ca.crt".to_owned(),
+        }),
     };
     let args = std::iter::once("tokengate-sidecar".to_owned())
         .chain(contract::sidecar_run_args(8080, &tuning));
@@ -186,6 +190,14 @@ fn run_accepts_the_arguments_the_contract_builds() {
     assert_eq!(run.header_read_timeout, Duration::from_secs(3));
     assert_eq!(run.drain_timeout, Duration::from_secs(20));
     let config = run.into_config();
+    assert_eq!(
+        config.extra_ca.as_deref(),
+        Some(
+            std::path::Path::new(contract::TRUST_BUNDLE_DIR)
+                .join("ca.crt")
+                .as_path()
+        )
+    );
     let bundle = config.bundle.expect("bundle");
     assert_eq!(bundle, std::path::Path::new(contract::BUNDLE_DIR));
     assert_eq!(

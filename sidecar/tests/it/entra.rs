@@ -768,3 +768,63 @@ async fn check_and_the_log_explain_an_entra_refusal() {
     );
     child.kill().await.expect("sidecar stops");
 }
+
+/// An authority with a private CA (https on a host the system roots know nothing of): trusted
+/// only through `--extra-ca-file`, as the webhook's trust bundle passes it to injected sidecars.
+#[tokio::test]
+async fn an_https_authority_is_trusted_through_the_extra_ca_file_only() {
+    use tokengate_testkit::cluster::pki::CertificateAuthority;
+    use tokengate_testkit::idp::ServeOptions;
+
+    let files = tempfile::tempdir().expect("temp dir");
+    let ca = CertificateAuthority::new("private authority CA").expect("CA");
+    let served = ca
+        .issue_server("authority", &["127.0.0.1"])
+        .expect("certificate");
+    let (cert, key, ca_file) = (
+        files.path().join("tls.crt"),
+        files.path().join("tls.key"),
+        files.path().join("ca.crt"),
+    );
+    std::fs::write(&cert, &served.cert_pem).expect("certificate written");
+    std::fs::write(&key, &served.key_pem).expect("key written");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("CA written");
+    let start = || async {
+        let tls = tokengate_testkit::https::server_config(&cert, &key).expect("TLS config");
+        IdentityProvider::start_with(ServeOptions {
+            entra_home_tenant: Some(HOME.to_owned()),
+            tls: Some(std::sync::Arc::new(tls)),
+            ..ServeOptions::at(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        })
+        .await
+        .expect("https authority starts")
+    };
+
+    let idp = start().await;
+    assert!(idp.base_url().starts_with("https://"), "{}", idp.base_url());
+    let trusting = Bench::start_against(
+        idp,
+        |idp| format!("  validateAzureAdToken:\n{}", orders(idp, "")),
+        |config| config.extra_ca = Some(ca_file.clone()),
+    )
+    .await;
+    let token = trusting.idp.entra_token(V2, HOME, CLIENT_APP, ORDERS_API);
+    let reply = trusting.get_with_token("/orders", &token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    // The same authority without the CA: the keys cannot be fetched, the sidecar never gets
+    // ready and lets nothing through.
+    let idp = start().await;
+    let token = idp.entra_token(V2, HOME, CLIENT_APP, ORDERS_API);
+    let echo = EchoServer::start().await.expect("echo server starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    let spec = format!("  validateAzureAdToken:\n{}", orders(&idp, ""));
+    std::fs::write(&policy, manifest("bench", &spec)).expect("policy written");
+    let config = crate::support::config(vec![policy], &echo);
+    let untrusting = Bench::with_config(idp, echo, dir, config).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!untrusting.sidecar.ready());
+    let reply = untrusting.get_with_token("/orders", &token).await;
+    assert_ne!(reply.status, StatusCode::OK, "{:?}", reply.body);
+}

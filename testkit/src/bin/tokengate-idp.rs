@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -12,8 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
+use tokengate_testkit::https;
 use tokengate_testkit::idp::{
-    DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider, KeyFamily,
+    DEFAULT_AUDIENCE, EntraApi, EntraTokenVersion, IdentityProvider, KeyFamily, ServeOptions,
 };
 
 const DEMO_CLIENT_ID: &str = "demo";
@@ -36,6 +38,15 @@ struct Args {
     /// behind a Service): the issuer, discovery and keys URLs are under it.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+
+    /// Serve https with the certificate chain in this PEM file (needs --tls-key); the default
+    /// URLs then start with https.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Algorithm of tokens from the token endpoint.
     #[arg(long, default_value = "RS256", value_parser = parse_alg)]
@@ -81,6 +92,9 @@ enum Command {
         /// `<resource>/.default`; the token's audience is the resource.
         #[arg(long, default_value_t = format!("{DEFAULT_AUDIENCE}/.default"))]
         scope: String,
+        /// For an https provider: the PEM bundle of the CA its certificate chains to.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -110,8 +124,16 @@ async fn main() -> anyhow::Result<()> {
             client_id,
             client_secret,
             scope,
+            ca_file,
         }) => {
-            let token = fetch_token(&issuer, &client_id, &client_secret, &scope).await?;
+            let ca = match &ca_file {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let token =
+                fetch_token(&issuer, &client_id, &client_secret, &scope, ca.as_deref()).await?;
             println!("{token}");
             Ok(())
         }
@@ -121,8 +143,17 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let (listen, clients) = (args.listen, &args.clients);
-    let public_url = args.public_url.as_deref();
-    let idp = IdentityProvider::start_at(listen, public_url, args.entra_tenant.as_deref()).await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(https::server_config(cert, key)?)),
+        _ => None,
+    };
+    let idp = IdentityProvider::start_with(ServeOptions {
+        addr: listen,
+        public_url: args.public_url.clone(),
+        entra_home_tenant: args.entra_tenant.clone(),
+        tls,
+    })
+    .await?;
     for api in &args.entra_apis {
         idp.register_api(api.clone());
     }
@@ -208,8 +239,25 @@ async fn fetch_token(
     client_id: &str,
     client_secret: &str,
     scope: &str,
+    ca_pem: Option<&[u8]>,
 ) -> anyhow::Result<String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let connector = match ca_pem {
+        Some(pem) => https::connector(pem)?,
+        // No CA given: plain http only (an https URL fails with a clear error).
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .build(),
+    };
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let discovery_url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -240,10 +288,12 @@ async fn fetch_token(
     }
 }
 
-async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> anyhow::Result<Value> {
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+async fn send(client: &HttpsClient, request: Request<Full<Bytes>>) -> anyhow::Result<Value> {
     let response = client.request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

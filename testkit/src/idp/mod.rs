@@ -107,6 +107,32 @@ pub(crate) fn header_for(keys: &KeyStore, alg: Algorithm) -> Value {
     header
 }
 
+/// Where and how [`IdentityProvider::start_with`] serves.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// The base URL clients reach the provider at, when it is not the listen address (a pod
+    /// behind a Service): the issuer, discovery and keys URLs are under it.
+    pub public_url: Option<String>,
+    /// Act as Microsoft Entra ID with this home tenant.
+    pub entra_home_tenant: Option<String>,
+    /// Serve https with this configuration instead of plain http.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ServeOptions {
+    /// Plain http on `addr`, the generic personality, URLs under the listen address.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            public_url: None,
+            entra_home_tenant: None,
+            tls: None,
+        }
+    }
+}
+
 impl IdentityProvider {
     /// Starts a provider on 127.0.0.1 with an ephemeral port and fresh keys of every family.
     pub async fn start() -> anyhow::Result<IdentityProvider> {
@@ -115,23 +141,27 @@ impl IdentityProvider {
 
     /// Starts a provider listening on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Generic, None, None).await
+        Self::launch(addr, Personality::Generic, None, None, None).await
     }
 
-    /// Starts a provider listening on `addr` whose URLs are under `public_url` (default: the
-    /// listen address), for a provider behind a proxy or Service; with `entra_home_tenant` it
-    /// acts as Microsoft Entra ID with that home tenant.
-    pub async fn start_at(
-        addr: SocketAddr,
-        public_url: Option<&str>,
-        entra_home_tenant: Option<&str>,
-    ) -> anyhow::Result<IdentityProvider> {
-        let personality = match entra_home_tenant {
+    /// Starts a provider as `options` say: where it listens, the URL it is reached at, its
+    /// personality and whether it serves https.
+    pub async fn start_with(options: ServeOptions) -> anyhow::Result<IdentityProvider> {
+        let personality = match options.entra_home_tenant {
             Some(_) => Personality::Entra,
             None => Personality::Generic,
         };
-        let public_url = public_url.map(|url| url.trim_end_matches('/').to_owned());
-        Self::launch(addr, personality, entra_home_tenant, public_url).await
+        let public_url = options
+            .public_url
+            .map(|url| url.trim_end_matches('/').to_owned());
+        Self::launch(
+            options.addr,
+            personality,
+            options.entra_home_tenant.as_deref(),
+            public_url,
+            options.tls,
+        )
+        .await
     }
 
     /// Starts a Microsoft Entra ID provider on 127.0.0.1 with an ephemeral port: its base URL
@@ -145,7 +175,7 @@ impl IdentityProvider {
         addr: SocketAddr,
         home_tenant: &str,
     ) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Entra, Some(home_tenant), None).await
+        Self::launch(addr, Personality::Entra, Some(home_tenant), None, None).await
     }
 
     async fn launch(
@@ -153,6 +183,7 @@ impl IdentityProvider {
         personality: Personality,
         home_tenant: Option<&str>,
         public_url: Option<String>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> anyhow::Result<IdentityProvider> {
         let listener = TcpListener::bind(addr)
             .await
@@ -165,7 +196,8 @@ impl IdentityProvider {
             .await
             .context("key generation task failed")?
             .context("generating identity provider keys")?;
-        let base_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base_url = public_url.unwrap_or_else(|| format!("{scheme}://{addr}"));
         let directory = entra::Directory::new(home_tenant.unwrap_or_default());
         let issuer = match personality {
             Personality::Generic => Personality::generic_issuer(&base_url),
@@ -190,7 +222,8 @@ impl IdentityProvider {
             jwks_fetches: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
         });
-        let server = server::spawn(listener, shared.clone());
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let server = server::spawn(listener, shared.clone(), tls);
         Ok(IdentityProvider {
             shared,
             addr,
@@ -206,7 +239,7 @@ impl IdentityProvider {
     }
 
     /// The URL its endpoints are under: `http://127.0.0.1:port`, or the public URL it was
-    /// started with ([`start_at`](Self::start_at)).
+    /// started with ([`ServeOptions::public_url`]).
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
     }
@@ -607,9 +640,12 @@ mod tests {
     #[tokio::test]
     async fn a_public_url_is_what_the_provider_advertises() {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let idp = IdentityProvider::start_at(listen, Some("http://10.0.0.7/"), None)
-            .await
-            .expect("provider");
+        let idp = IdentityProvider::start_with(ServeOptions {
+            public_url: Some("http://10.0.0.7/".to_owned()),
+            ..ServeOptions::at(listen)
+        })
+        .await
+        .expect("provider");
         assert_eq!(idp.base_url(), "http://10.0.0.7");
         assert!(
             idp.issuer().starts_with("http://10.0.0.7"),
@@ -626,13 +662,76 @@ mod tests {
         // It still listens where it was told to.
         assert!(idp.addr().ip().is_loopback());
 
-        let entra = IdentityProvider::start_at(listen, Some("http://10.0.0.8"), Some("tenant-a"))
-            .await
-            .expect("Entra provider");
+        let entra = IdentityProvider::start_with(ServeOptions {
+            public_url: Some("http://10.0.0.8".to_owned()),
+            entra_home_tenant: Some("tenant-a".to_owned()),
+            ..ServeOptions::at(listen)
+        })
+        .await
+        .expect("Entra provider");
         assert!(
             entra.issuer().starts_with("http://10.0.0.8/tenant-a"),
             "{}",
             entra.issuer()
         );
+    }
+
+    /// With TLS the provider serves https with the certificate it was given, and only https.
+    #[tokio::test]
+    async fn tls_serves_https_with_the_given_certificate() {
+        use crate::cluster::pki::CertificateAuthority;
+        use http_body_util::{BodyExt as _, Empty};
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+
+        let ca = CertificateAuthority::new("idp test CA").expect("CA");
+        let served = ca.issue_server("idp", &["127.0.0.1"]).expect("certificate");
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![served.cert_der.clone()], served.private_key_der())
+        .expect("server config");
+        let idp = IdentityProvider::start_with(ServeOptions {
+            entra_home_tenant: Some("tenant-a".to_owned()),
+            tls: Some(Arc::new(tls)),
+            ..ServeOptions::at(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        })
+        .await
+        .expect("provider");
+        assert!(
+            idp.base_url().starts_with("https://127.0.0.1:"),
+            "{}",
+            idp.base_url()
+        );
+
+        let connector = crate::https::connector(ca.cert_pem().as_bytes()).expect("connector");
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<bytes::Bytes>>(connector);
+        let url = idp.entra_discovery_url("tenant-a");
+        let response = client
+            .get(url.parse().expect("URL"))
+            .await
+            .expect("https request");
+        assert_eq!(response.status(), 200);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let document: Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(
+            document["jwks_uri"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://")),
+            "{document}"
+        );
+        // Plain http to the same port gets no answer.
+        let plain = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let http_url = url.replacen("https://", "http://", 1);
+        assert!(plain.get(http_url.parse().expect("URL")).await.is_err());
     }
 }

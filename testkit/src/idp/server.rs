@@ -29,7 +29,12 @@ impl Drop for ServerTask {
     }
 }
 
-pub(crate) fn spawn(listener: TcpListener, shared: Arc<Shared>) -> ServerTask {
+/// Serves `shared` on `listener`, over TLS when `tls` is given.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> ServerTask {
     ServerTask(tokio::spawn(async move {
         // Connections live in this set so aborting the loop closes them too.
         let mut connections = JoinSet::new();
@@ -45,15 +50,32 @@ pub(crate) fn spawn(listener: TcpListener, shared: Arc<Shared>) -> ServerTask {
             };
             while connections.try_join_next().is_some() {}
             let shared = shared.clone();
+            let tls = tls.clone();
             connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(handle(&shared, req).await) }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let served = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "identity provider TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = served {
                     tracing::debug!(error = %e, "identity provider connection ended with error");
                 }
             });
