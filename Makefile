@@ -59,9 +59,9 @@ CLIPPY_BUILD := RUSTC_WORKSPACE_WRAPPER="$$(rustc --print sysroot)/bin/clippy-dr
 TEST_ENV := TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
 	TOKENGATE_HELM_BIN=$(HELM_BIN) TOKENGATE_NODE_BIN=$(NODE_BIN) $(CLIPPY_BUILD)
 
-# Two lanes first, side by side: the Go-built tools and Debian packages (downloads, then Go's
-# compiler) and the Rust builds (the workspace's tests, then the fuzz targets). Then the suites,
-# the fuzzing smoke run and the node tier, one after another.
+# Two lanes first, side by side: the Go-built tools and Debian packages (module downloads, then
+# Go's compiler) and the Rust builds (the workspace's tests, then the fuzz targets); each lane's
+# output shows when a command ends. Then the suites, the fuzzing smoke run and the node tier.
 test: fmt-check shellcheck
 	$(MAKE) -j2 --output-sync=line test-tools test-build
 	$(TEST_ENV) $(CARGO) test --workspace --all-targets
@@ -88,9 +88,10 @@ node-test: controlplane kubectl helm node
 	$(TEST_ENV) $(CARGO) build --workspace --bins
 	$(MAKE) node-tier
 
+# --workspace, as the test build: the same features for every dependency, so nothing rebuilds.
 node-tier:
 	IMAGE_BINARIES=target/debug bash images/build.sh
-	$(TEST_ENV) $(CARGO) test -p tokengate-tests --test node -- --ignored --nocapture
+	$(TEST_ENV) $(CARGO) test --workspace --test node -- --ignored --nocapture
 
 # The same steps as the node tier on a kind cluster (tests/kind/; needs kind, a container engine,
 # kubectl and helm). kind-demo leaves the cluster running with a walkthrough.
