@@ -59,11 +59,11 @@ CLIPPY_BUILD := RUSTC_WORKSPACE_WRAPPER="$$(rustc --print sysroot)/bin/clippy-dr
 TEST_ENV := TOKENGATE_CONTROLPLANE_BIN=$(CONTROLPLANE_BIN) TOKENGATE_KUBECTL_BIN=$(KUBECTL_BIN) \
 	TOKENGATE_HELM_BIN=$(HELM_BIN) TOKENGATE_NODE_BIN=$(NODE_BIN) $(CLIPPY_BUILD)
 
-# Two lanes first, side by side: the Go-built tools and Debian packages (module downloads, then
-# Go's compiler) and the Rust builds (the workspace's tests, then the fuzz targets); each lane's
-# output shows when a command ends. Then the suites, the fuzzing smoke run and the node tier.
-test: fmt-check shellcheck
-	$(MAKE) -j2 --output-sync=line test-tools test-build
+# One step after another: the Go-built tools and Debian packages, the Rust builds (the
+# workspace's tests, then the fuzz targets), the suites, the fuzzing smoke run, the node tier.
+# (Running the tools and the Rust builds side by side gained nothing on two cores: both keep
+# the CPU busy.)
+test: fmt-check shellcheck test-tools test-build
 	$(MAKE) test-suites
 	$(MAKE) fuzz-run
 	$(MAKE) node-tier

@@ -88,6 +88,11 @@ containerfile_of() {
     esac
 }
 
+# Whether BINARY names a program interpreter (the dynamic loader): a static one does not.
+has_interpreter() {
+    LC_ALL=C readelf -l "$1" | grep -q 'program interpreter'
+}
+
 build_binaries() {
     local args=() image
     for image in $images; do
@@ -101,8 +106,7 @@ build_binaries() {
     for image in $images; do
         local binary
         binary="target/$target/$profile/$(binary_of "$image")"
-        # A static executable has no program interpreter (dynamic loader) to ask for.
-        if LC_ALL=C readelf -l "$binary" | grep -q 'program interpreter'; then
+        if has_interpreter "$binary"; then
             die "$binary is dynamically linked"
         fi
     done
@@ -135,7 +139,7 @@ build_image() {
         source="$prebuilt/$binary"
         [[ -x "$source" ]] || die "$source is missing (IMAGE_BINARIES=$prebuilt)"
         strip --strip-debug -o "$context/$binary" "$source"
-        if LC_ALL=C readelf -l "$source" | grep -q 'program interpreter'; then
+        if has_interpreter "$source"; then
             copy_runtime "$source" "$context/rootfs"
         fi
     else

@@ -293,14 +293,16 @@ fn pod_ip(pod: &Pod) -> String {
 }
 
 /// A one-replica Deployment `name` of a test image listening on 8080 (port `http`) with `args`
-/// after `--listen`, and the container's probes (YAML lines at the container's indentation).
+/// after `--listen`; `container_extra` (probes, mounts) are YAML lines at the container's
+/// indentation, `pod_extra` (volumes) at the pod spec's.
 fn deployment_yaml(
     namespace: &str,
     name: &str,
     container: &str,
     image: &str,
     args: &[&str],
-    probes: &str,
+    container_extra: &str,
+    pod_extra: &str,
 ) -> String {
     let args: Vec<String> = ["--listen", "0.0.0.0:8080"]
         .iter()
@@ -328,7 +330,7 @@ spec:
           args: [{args}]
           ports:
             - {{name: http, containerPort: 8080}}
-{probes}",
+{container_extra}{pod_extra}",
         args = args.join(", "),
     )
 }
@@ -345,6 +347,7 @@ fn idp_yaml(namespace: &str, public_url: &str) -> String {
             tcpSocket: {port: http}
             periodSeconds: 1
 ",
+        "",
     )
 }
 
@@ -352,56 +355,39 @@ fn idp_yaml(namespace: &str, public_url: &str) -> String {
 /// Secret `entra-tls` (issued for its Service's address) and `--public-url` as the authority.
 /// The CA it chains to is mounted too, for `token --ca-file` from inside the pod.
 fn entra_idp_yaml(namespace: &str, authority: &str) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: entra
-  namespace: {namespace}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: entra}}
-  template:
-    metadata:
-      labels: {{app: entra}}
-    spec:
-      containers:
-        - name: idp
-          image: {image}
-          imagePullPolicy: Never
-          args: [\"--listen\", \"0.0.0.0:8443\", \"--public-url\", \"{authority}\",
-            \"--entra-tenant\", \"{ENTRA_TENANT}\", \"--entra-api\", \"{ENTRA_API}\",
-            \"--client\", \"{ENTRA_CLIENT}:{ENTRA_CLIENT_SECRET}\",
-            \"--tls-cert\", \"/tls/tls.crt\", \"--tls-key\", \"/tls/tls.key\"]
-          ports:
-            - {{name: https, containerPort: 8443}}
-          readinessProbe:
-            tcpSocket: {{port: https}}
+    let client = format!("{ENTRA_CLIENT}:{ENTRA_CLIENT_SECRET}");
+    deployment_yaml(
+        namespace,
+        "entra",
+        "idp",
+        &test_image("tokengate-idp"),
+        &[
+            "--public-url",
+            authority,
+            "--entra-tenant",
+            ENTRA_TENANT,
+            "--entra-api",
+            ENTRA_API,
+            "--client",
+            &client,
+            "--tls-cert",
+            "/tls/tls.crt",
+            "--tls-key",
+            "/tls/tls.key",
+        ],
+        "          readinessProbe:
+            tcpSocket: {port: http}
             periodSeconds: 1
           volumeMounts:
-            - {{name: tls, mountPath: /tls, readOnly: true}}
-            - {{name: ca, mountPath: /ca, readOnly: true}}
-      volumes:
+            - {name: tls, mountPath: /tls, readOnly: true}
+            - {name: ca, mountPath: /ca, readOnly: true}
+",
+        &format!(
+            "      volumes:
         - {{name: tls, secret: {{secretName: entra-tls}}}}
         - {{name: ca, configMap: {{name: {TRUST_BUNDLE}}}}}
-",
-        image = test_image("tokengate-idp"),
-    )
-}
-
-fn entra_service_yaml(namespace: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: entra
-  namespace: {namespace}
-spec:
-  selector: {{app: entra}}
-  ports:
-    - {{name: https, port: 443, targetPort: https}}
 "
+        ),
     )
 }
 
@@ -413,34 +399,6 @@ const ENTRA_CLIENT: &str = "11111111-2222-4333-8444-555555555555";
 const ENTRA_CLIENT_SECRET: &str = "storefront-secret";
 /// The ConfigMap of the chart's `sidecar.trustBundle.configMap`, in every namespace involved.
 const TRUST_BUNDLE: &str = "corp-ca";
-
-/// The orders policy in Entra mode (validate-azure-ad-token) against the https authority.
-fn orders_entra_policy_yaml(namespace: &str, authority: &str) -> String {
-    format!(
-        "apiVersion: tokengate.dev/v1alpha1
-kind: TokenPolicy
-metadata:
-  name: orders
-  namespace: {namespace}
-spec:
-  selector:
-    matchLabels: {{app: orders}}
-  validateAzureAdToken:
-    tenantId: {ENTRA_TENANT}
-    authenticationEndpoint: {authority}
-    backendApplicationIds: [{ENTRA_API}]
-    clientApplicationIds: [{ENTRA_CLIENT}]
-  forwarding:
-    forwardToken: false
-    claimsToHeaders:
-      - {{claim: azp, header: X-Client-App}}
-  rules:
-    - {{paths: [\"/healthz\"], authentication: Disabled}}
-  privateAccess:
-    networkPolicy: true
-"
-    )
-}
 
 fn config_map_yaml(namespace: &str, name: &str, key: &str, text: &str) -> String {
     let indented: String = text.lines().map(|l| format!("    {l}\n")).collect();
@@ -456,7 +414,8 @@ data:
     )
 }
 
-fn service_yaml(namespace: &str, name: &str) -> String {
+/// A Service `name` on `port`, to the pods' port `http`.
+fn service_yaml(namespace: &str, name: &str, port: u16) -> String {
     format!(
         "apiVersion: v1
 kind: Service
@@ -466,7 +425,7 @@ metadata:
 spec:
   selector: {{app: {name}}}
   ports:
-    - {{name: http, port: 80, targetPort: http}}
+    - {{name: http, port: {port}, targetPort: http}}
 "
     )
 }
@@ -487,10 +446,19 @@ fn app_yaml(namespace: &str, name: &str) -> String {
             httpGet: {path: /healthz, port: http}
             periodSeconds: 5
 ",
+        "",
     )
 }
 
-fn orders_policy_yaml(namespace: &str, issuer: &str, admin_role: &str) -> String {
+/// The `orders` TokenPolicy: `validation` (the validator's YAML, at the spec's indentation),
+/// claim `claim` passed on as `header` (the token withheld), /healthz open, `rules` (further
+/// rules' YAML) and private access.
+fn orders_policy_yaml(
+    namespace: &str,
+    validation: &str,
+    (claim, header): (&str, &str),
+    rules: &str,
+) -> String {
     format!(
         "apiVersion: tokengate.dev/v1alpha1
 kind: TokenPolicy
@@ -500,24 +468,56 @@ metadata:
 spec:
   selector:
     matchLabels: {{app: orders}}
-  validateJwt:
+{validation}  forwarding:
+    forwardToken: false
+    claimsToHeaders:
+      - {{claim: {claim}, header: {header}}}
+  rules:
+    - {{paths: [\"/healthz\"], authentication: Disabled}}
+{rules}  privateAccess:
+    networkPolicy: true
+"
+    )
+}
+
+/// Tokens of the generic provider at `issuer` for its default audience; /admin/* needs
+/// `admin_role`.
+fn orders_jwt_policy_yaml(namespace: &str, issuer: &str, admin_role: &str) -> String {
+    orders_policy_yaml(
+        namespace,
+        &format!(
+            "  validateJwt:
     openidConfigs:
       - url: {issuer}/.well-known/openid-configuration
     audiences: [{audience}]
     issuers: [{issuer}]
-  forwarding:
-    forwardToken: false
-    claimsToHeaders:
-      - {{claim: sub, header: X-User-Id}}
-  rules:
-    - {{paths: [\"/healthz\"], authentication: Disabled}}
-    - paths: [\"/admin/*\"]
+",
+            audience = tokengate_testkit::idp::DEFAULT_AUDIENCE,
+        ),
+        ("sub", "X-User-Id"),
+        &format!(
+            "    - paths: [\"/admin/*\"]
       requiredClaims:
         - {{name: roles, values: [{admin_role}]}}
-  privateAccess:
-    networkPolicy: true
-",
-        audience = tokengate_testkit::idp::DEFAULT_AUDIENCE,
+"
+        ),
+    )
+}
+
+/// Entra mode (validate-azure-ad-token) against the https `authority`.
+fn orders_entra_policy_yaml(namespace: &str, authority: &str) -> String {
+    orders_policy_yaml(
+        namespace,
+        &format!(
+            "  validateAzureAdToken:
+    tenantId: {ENTRA_TENANT}
+    authenticationEndpoint: {authority}
+    backendApplicationIds: [{ENTRA_API}]
+    clientApplicationIds: [{ENTRA_CLIENT}]
+"
+        ),
+        ("azp", "X-Client-App"),
+        "",
     )
 }
 
@@ -628,14 +628,14 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
 
     // The identity provider: a pod behind a Service, advertising the Service's address.
     tools.kubectl(&["create", "namespace", "idp"]);
-    tools.apply("idp-service", &service_yaml("idp", "idp"));
+    tools.apply("idp-service", &service_yaml("idp", "idp", 80));
     let idp_services = Api::<Service>::namespaced(client.clone(), "idp");
     let issuer = format!("http://{}", cluster_ip(&idp_services, "idp").await);
     tools.apply("idp", &idp_yaml("idp", &issuer));
 
     // Its Entra personality over https, with a certificate for its Service's address from a
     // private CA; the CA goes into the trust bundle ConfigMap of each namespace involved.
-    tools.apply("entra-service", &entra_service_yaml("idp"));
+    tools.apply("entra-service", &service_yaml("idp", "entra", 443));
     let entra_ip = cluster_ip(&idp_services, "entra").await;
     let authority = format!("https://{entra_ip}");
     let ca = CertificateAuthority::new("tokengate node test CA")?;
@@ -678,13 +678,13 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     ]);
     tools.apply(
         "orders-policy",
-        &orders_policy_yaml(ns, &issuer, "Orders.Admin"),
+        &orders_jwt_policy_yaml(ns, &issuer, "Orders.Admin"),
     );
     tools.apply(
         "shop-trust",
         &config_map_yaml(ns, TRUST_BUNDLE, "ca.crt", ca.cert_pem()),
     );
-    tools.apply("orders-service", &service_yaml(ns, "orders"));
+    tools.apply("orders-service", &service_yaml(ns, "orders", 80));
     tools.apply("client", &client_pod_yaml(ns));
     let applied = Instant::now();
     tools.apply("orders", &app_yaml(ns, "orders"));

@@ -9,3 +9,4 @@ mod tls;
 
 pub use cache::{KeyCache, KeyChoice, KeySettings, KeyView, MAX_KEYS_TRIED, Source, SourceKeys};
 pub use metrics::KeyMetrics;
+pub use tls::https_connector;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-pub(crate) fn https_connector(
+/// An https (and http) connector trusting the system roots plus the PEM bundle `extra_ca`, the
+/// one key fetches use.
+pub fn https_connector(
     extra_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<hyper_rustls::HttpsConnector<HttpConnector>> {
     let mut roots = rustls::RootCertStore::empty();

@@ -430,11 +430,11 @@ get_token() {
 
 # ----- application -----------------------------------------------------------------------------
 
-# The application's TokenPolicy: tokens of the test provider for its default audience, the
-# subject passed on as X-User-Id (the token itself withheld), /healthz open, /admin/* only with
-# role $ADMIN_ROLE (403 otherwise), and the application's own port closed to everything but the
-# sidecar by a NetworkPolicy.
-policy_yaml() {
+# orders_policy_yaml VALIDATION CLAIM HEADER [RULES]: the application's TokenPolicy with the
+# validator VALIDATION (YAML at the spec's indentation), claim CLAIM passed on as HEADER (the
+# token itself withheld), /healthz open, further RULES (YAML), and the application's own port
+# closed to everything but the sidecar by a NetworkPolicy.
+orders_policy_yaml() {
     cat <<EOF
 apiVersion: tokengate.dev/v1alpha1
 kind: TokenPolicy
@@ -444,51 +444,39 @@ metadata:
 spec:
   selector:
     matchLabels: {app: orders}
-  validateJwt:
-    openidConfigs:
-      - url: "$ISSUER/.well-known/openid-configuration"
-    audiences: ["$AUDIENCE"]
-    issuers: ["$ISSUER"]
+$1
   forwarding:
     forwardToken: false
     claimsToHeaders:
-      - {claim: sub, header: X-User-Id}
+      - {claim: $2, header: $3}
   rules:
     - {paths: ["/healthz"], authentication: Disabled}
-    - paths: ["/admin/*"]
-      requiredClaims:
-        - {name: roles, values: ["$ADMIN_ROLE"]}
+${4:-}
   privateAccess:
     networkPolicy: true
 EOF
 }
 
-# The same TokenPolicy in Entra mode (validate-azure-ad-token) against the https provider: v2.0
-# tokens of the tenant for the API, the calling application passed on as X-Client-App.
+# Tokens of the test provider for its default audience, the subject as X-User-Id, /admin/* only
+# with role $ADMIN_ROLE (403 otherwise).
+policy_yaml() {
+    orders_policy_yaml "  validateJwt:
+    openidConfigs:
+      - url: \"$ISSUER/.well-known/openid-configuration\"
+    audiences: [\"$AUDIENCE\"]
+    issuers: [\"$ISSUER\"]" sub X-User-Id "    - paths: [\"/admin/*\"]
+      requiredClaims:
+        - {name: roles, values: [\"$ADMIN_ROLE\"]}"
+}
+
+# Entra mode (validate-azure-ad-token) against the https provider: v2.0 tokens of the tenant for
+# the API from the one client application, passed on as X-Client-App.
 entra_policy_yaml() {
-    cat <<EOF
-apiVersion: tokengate.dev/v1alpha1
-kind: TokenPolicy
-metadata:
-  name: orders
-  namespace: $APP_NAMESPACE
-spec:
-  selector:
-    matchLabels: {app: orders}
-  validateAzureAdToken:
-    tenantId: "$ENTRA_TENANT"
-    authenticationEndpoint: "$ENTRA_AUTHORITY"
-    backendApplicationIds: ["$ENTRA_API"]
-    clientApplicationIds: ["$ENTRA_CLIENT"]
-  forwarding:
-    forwardToken: false
-    claimsToHeaders:
-      - {claim: azp, header: X-Client-App}
-  rules:
-    - {paths: ["/healthz"], authentication: Disabled}
-  privateAccess:
-    networkPolicy: true
-EOF
+    orders_policy_yaml "  validateAzureAdToken:
+    tenantId: \"$ENTRA_TENANT\"
+    authenticationEndpoint: \"$ENTRA_AUTHORITY\"
+    backendApplicationIds: [\"$ENTRA_API\"]
+    clientApplicationIds: [\"$ENTRA_CLIENT\"]" azp X-Client-App
 }
 
 # The application in a namespace opted in to injection: its TokenPolicy first (so the sidecar

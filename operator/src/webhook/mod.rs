@@ -252,22 +252,13 @@ impl WebhookArgs {
         else {
             return Ok(None);
         };
-        let dns_subdomain = name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            });
-        if !dns_subdomain {
+        if !validate::is_dns_subdomain(name) {
             bail!(
                 "--sidecar-trust-bundle-configmap {name:?} is not a ConfigMap name (lowercase letters, digits, '-' and '.')"
             );
         }
         let key = self.sidecar_trust_bundle_key.trim();
-        if !contract::is_valid_key_file_part(key) || key.len() > 253 {
+        if !validate::is_data_key(key) {
             bail!(
                 "--sidecar-trust-bundle-key {key:?} is not a ConfigMap key (letters, digits, '-', '_' and '.')"
             );

@@ -108,10 +108,7 @@ fn cluster_problems(spec: &TokenPolicySpec, rules: &PolicyRules) -> Vec<FieldErr
                 ),
             );
         }
-        if !reference.key.is_empty()
-            && (reference.key.len() > 253
-                || !tokengate_policy::contract::is_valid_key_file_part(&reference.key))
-        {
+        if !reference.key.is_empty() && !is_data_key(&reference.key) {
             error(
                 format!("{field}.secretRef.key"),
                 format!(
@@ -134,8 +131,13 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// RFC 1123 subdomain, as Kubernetes names Secrets.
-fn is_dns_subdomain(name: &str) -> bool {
+/// A key of a Secret's or ConfigMap's data that is also a safe file name in the bundle.
+pub(crate) fn is_data_key(key: &str) -> bool {
+    key.len() <= 253 && tokengate_policy::contract::is_valid_key_file_part(key)
+}
+
+/// RFC 1123 subdomain, as Kubernetes names Secrets and ConfigMaps.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(|label| {
             let bytes = label.as_bytes();

@@ -781,16 +781,10 @@ async fn an_https_authority_is_trusted_through_the_extra_ca_file_only() {
     let served = ca
         .issue_server("authority", &["127.0.0.1"])
         .expect("certificate");
-    let (cert, key, ca_file) = (
-        files.path().join("tls.crt"),
-        files.path().join("tls.key"),
-        files.path().join("ca.crt"),
-    );
-    std::fs::write(&cert, &served.cert_pem).expect("certificate written");
-    std::fs::write(&key, &served.key_pem).expect("key written");
+    let ca_file = files.path().join("ca.crt");
     std::fs::write(&ca_file, ca.cert_pem()).expect("CA written");
     let start = || async {
-        let tls = tokengate_testkit::https::server_config(&cert, &key).expect("TLS config");
+        let tls = served.server_config().expect("TLS config");
         IdentityProvider::start_with(ServeOptions {
             entra_home_tenant: Some(HOME.to_owned()),
             tls: Some(std::sync::Arc::new(tls)),

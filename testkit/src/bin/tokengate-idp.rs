@@ -92,7 +92,8 @@ enum Command {
         /// `<resource>/.default`; the token's audience is the resource.
         #[arg(long, default_value_t = format!("{DEFAULT_AUDIENCE}/.default"))]
         scope: String,
-        /// For an https provider: the PEM bundle of the CA its certificate chains to.
+        /// For an https provider with a private CA: the PEM bundle of that CA, trusted besides
+        /// the system roots.
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
     },
@@ -126,14 +127,14 @@ async fn main() -> anyhow::Result<()> {
             scope,
             ca_file,
         }) => {
-            let ca = match &ca_file {
-                Some(path) => Some(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                ),
-                None => None,
-            };
-            let token =
-                fetch_token(&issuer, &client_id, &client_secret, &scope, ca.as_deref()).await?;
+            let token = fetch_token(
+                &issuer,
+                &client_id,
+                &client_secret,
+                &scope,
+                ca_file.as_deref(),
+            )
+            .await?;
             println!("{token}");
             Ok(())
         }
@@ -144,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let (listen, clients) = (args.listen, &args.clients);
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(https::server_config(cert, key)?)),
+        (Some(cert), Some(key)) => Some(Arc::new(https::server_config_from_files(cert, key)?)),
         _ => None,
     };
     let idp = IdentityProvider::start_with(ServeOptions {
@@ -239,24 +240,10 @@ async fn fetch_token(
     client_id: &str,
     client_secret: &str,
     scope: &str,
-    ca_pem: Option<&[u8]>,
+    ca_file: Option<&Path>,
 ) -> anyhow::Result<String> {
-    let connector = match ca_pem {
-        Some(pem) => https::connector(pem)?,
-        // No CA given: plain http only (an https URL fails with a clear error).
-        None => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            )
-            .https_or_http()
-            .enable_http1()
-            .build(),
-    };
+    // The key fetches' connector: the system roots plus the provider's CA, if given.
+    let connector = tokengate_keys::https_connector(ca_file)?;
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let discovery_url = format!(
         "{}/.well-known/openid-configuration",

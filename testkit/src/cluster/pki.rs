@@ -22,6 +22,11 @@ impl CertifiedKey {
     pub fn private_key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
+
+    /// A server configuration serving this certificate ([`crate::https::server_config`]).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        crate::https::server_config(vec![self.cert_der.clone()], self.private_key_der())
+    }
 }
 
 /// A self-signed certificate authority that issues server and client certificates.

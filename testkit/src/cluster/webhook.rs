@@ -68,14 +68,9 @@ impl WebhookServer {
     {
         let ca = CertificateAuthority::new("tokengate-test-webhook-ca")?;
         let serving = ca.issue_server("127.0.0.1", &["127.0.0.1", "localhost"])?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("choosing TLS versions")?
-            .with_no_client_auth()
-            .with_single_cert(vec![serving.cert_der.clone()], serving.private_key_der())
+        let tls = serving
+            .server_config()
             .context("configuring the webhook serving certificate")?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
 
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -141,27 +141,7 @@ impl IdentityProvider {
 
     /// Starts a provider listening on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Generic, None, None, None).await
-    }
-
-    /// Starts a provider as `options` say: where it listens, the URL it is reached at, its
-    /// personality and whether it serves https.
-    pub async fn start_with(options: ServeOptions) -> anyhow::Result<IdentityProvider> {
-        let personality = match options.entra_home_tenant {
-            Some(_) => Personality::Entra,
-            None => Personality::Generic,
-        };
-        let public_url = options
-            .public_url
-            .map(|url| url.trim_end_matches('/').to_owned());
-        Self::launch(
-            options.addr,
-            personality,
-            options.entra_home_tenant.as_deref(),
-            public_url,
-            options.tls,
-        )
-        .await
+        Self::start_with(ServeOptions::at(addr)).await
     }
 
     /// Starts a Microsoft Entra ID provider on 127.0.0.1 with an ephemeral port: its base URL
@@ -175,16 +155,26 @@ impl IdentityProvider {
         addr: SocketAddr,
         home_tenant: &str,
     ) -> anyhow::Result<IdentityProvider> {
-        Self::launch(addr, Personality::Entra, Some(home_tenant), None, None).await
+        Self::start_with(ServeOptions {
+            entra_home_tenant: Some(home_tenant.to_owned()),
+            ..ServeOptions::at(addr)
+        })
+        .await
     }
 
-    async fn launch(
-        addr: SocketAddr,
-        personality: Personality,
-        home_tenant: Option<&str>,
-        public_url: Option<String>,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> anyhow::Result<IdentityProvider> {
+    /// Starts a provider as `options` say: where it listens, the URL it is reached at, its
+    /// personality (Entra with a home tenant, generic without) and whether it serves https.
+    pub async fn start_with(options: ServeOptions) -> anyhow::Result<IdentityProvider> {
+        let ServeOptions {
+            addr,
+            public_url,
+            entra_home_tenant,
+            tls,
+        } = options;
+        let personality = match entra_home_tenant {
+            Some(_) => Personality::Entra,
+            None => Personality::Generic,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding identity provider to {addr}"))?;
@@ -197,8 +187,11 @@ impl IdentityProvider {
             .context("key generation task failed")?
             .context("generating identity provider keys")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let base_url = public_url.unwrap_or_else(|| format!("{scheme}://{addr}"));
-        let directory = entra::Directory::new(home_tenant.unwrap_or_default());
+        let base_url = public_url.map_or_else(
+            || format!("{scheme}://{addr}"),
+            |url| url.trim_end_matches('/').to_owned(),
+        );
+        let directory = entra::Directory::new(entra_home_tenant.as_deref().unwrap_or_default());
         let issuer = match personality {
             Personality::Generic => Personality::generic_issuer(&base_url),
             Personality::Entra => entra::issuer(&base_url, EntraTokenVersion::V2, &directory.home),
@@ -686,14 +679,7 @@ mod tests {
 
         let ca = CertificateAuthority::new("idp test CA").expect("CA");
         let served = ca.issue_server("idp", &["127.0.0.1"]).expect("certificate");
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![served.cert_der.clone()], served.private_key_der())
-        .expect("server config");
+        let tls = served.server_config().expect("server config");
         let idp = IdentityProvider::start_with(ServeOptions {
             entra_home_tenant: Some("tenant-a".to_owned()),
             tls: Some(Arc::new(tls)),
@@ -707,7 +693,9 @@ mod tests {
             idp.base_url()
         );
 
-        let connector = crate::https::connector(ca.cert_pem().as_bytes()).expect("connector");
+        let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(ca_file.path(), ca.cert_pem()).expect("CA written");
+        let connector = tokengate_keys::https_connector(Some(ca_file.path())).expect("connector");
         let client =
             Client::builder(TokioExecutor::new()).build::<_, Empty<bytes::Bytes>>(connector);
         let url = idp.entra_discovery_url("tenant-a");

@@ -52,35 +52,35 @@ pub(crate) fn spawn(
             let shared = shared.clone();
             let tls = tls.clone();
             connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let served = match tls {
-                    None => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
+                match tls {
+                    None => serve_connection(stream, shared).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => {
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await
-                        }
+                        Ok(stream) => serve_connection(stream, shared).await,
                         Err(e) => {
                             tracing::debug!(error = %e, "identity provider TLS handshake failed");
-                            return;
                         }
                     },
-                };
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "identity provider connection ended with error");
                 }
             });
         }
     }))
+}
+
+/// Serves one connection (plain or TLS) until it closes.
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "identity provider connection ended with error");
+    }
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
