@@ -1,7 +1,9 @@
 //! OpenID discovery and JWKS documents, through the sidecar's real key cache over real HTTP
 //! on 127.0.0.1: the input is a discovery document and a JWKS document separated by a 0xFF
 //! byte. Nothing panics; keys are taken only from a JWKS that holds usable keys, each with the
-//! `kid` its entry names, and a discovery source reports the document's own `issuer`.
+//! `kid` its entry names, and a discovery source reports the document's own `issuer`; the keys
+//! taken read back unchanged from the document the operator delivers them in, and the input read
+//! as such a document never panics.
 //!
 //! A string `jwks_uri` is pointed at the local JWKS before serving, so no input makes the
 //! cache fetch from anywhere else.
@@ -16,7 +18,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use tokengate_keys::{KeyCache, KeyMetrics, KeySettings, Source};
+use tokengate_keys::{KeyCache, KeyMetrics, KeySettings, Source, SourceKeys, delivery};
 use tokengate_policy::RemoteKeySource;
 
 struct Bench {
@@ -150,5 +152,20 @@ fuzz_target!(|data: &[u8]| {
                 .and_then(serde_json::Value::as_str);
             assert_eq!(current.issuer.as_deref(), issuer);
         }
+        // Delivered through the bundle, the same keys arrive: the operator's document of them
+        // reads back to the same kids and issuer.
+        let id = if i == 0 {
+            RemoteKeySource::Discovery("http://idp.invalid/discovery".to_owned())
+        } else {
+            RemoteKeySource::Jwks(bench.jwks_url.clone())
+        };
+        let document = delivery::render(&id, &current).expect("a fetched key set renders");
+        let (source, delivered) = delivery::parse(&document).expect("and reads back");
+        assert_eq!(source, id);
+        let kids = |keys: &SourceKeys| keys.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
+        assert_eq!(kids(&delivered), kids(&current));
+        assert_eq!(delivered.issuer, current.issuer);
     }
+    // The input as a delivered document itself (a bundle file): refused or read, never a panic.
+    let _ = delivery::parse(&String::from_utf8_lossy(data));
 });

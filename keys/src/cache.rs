@@ -6,6 +6,12 @@
 //! one failing URL never holds back another. A `kid` still unknown after a refetch is
 //! remembered per source for the cooldown (the negative cache), so repeats of it are refused
 //! at once, without waiting on or triggering fetches.
+//!
+//! Keys may also be delivered: the operator fetches every source once for the cluster and
+//! puts what it fetched in the namespace bundle ([`crate::delivery`]); [`KeyCache::deliver`]
+//! hands those keys to the sources. A source's [`KeyDelivery`] says whether it also fetches
+//! itself: always (`Sidecar`), never (`Operator`), or only while the bundle has no fresh keys
+//! for it and on an unknown `kid` (`OperatorWithFallback`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -20,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use tokengate_policy::keys::KeyFingerprint;
-use tokengate_policy::{KeySelection, RemoteKeySource, VerificationKey};
+use tokengate_policy::{KeyDelivery, KeySelection, RemoteKeySource, VerificationKey};
 
 use crate::metrics::KeyMetrics;
 use crate::tls::https_connector;
@@ -38,6 +44,9 @@ pub struct KeySettings {
     pub fetch_timeout: Duration,
     /// How long keys stay in use when every refresh fails.
     pub max_stale: Duration,
+    /// `User-Agent` of every fetch, naming the component (identity providers and tests tell
+    /// the operator's fetches from the sidecars' by it).
+    pub user_agent: String,
 }
 
 impl Default for KeySettings {
@@ -48,8 +57,14 @@ impl Default for KeySettings {
             miss_cooldown: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),
             max_stale: Duration::from_secs(24 * 3600),
+            user_agent: user_agent("tokengate"),
         }
     }
+}
+
+/// `<component>/<version>`, the `User-Agent` of a component's fetches.
+pub fn user_agent(component: &str) -> String {
+    format!("{component}/{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Largest discovery or JWKS document accepted.
@@ -65,13 +80,81 @@ pub struct SourceKeys {
     pub keys: Vec<VerificationKey>,
     /// The discovery document's `issuer`, for policies that accept it.
     pub issuer: Option<String>,
+    /// When they were fetched (by this process or, delivered, by the operator).
     pub fetched_at: Instant,
+    /// The same moment on the wall clock, which the bundle carries between processes.
+    pub fetched_wall: SystemTime,
+    /// Where the key set came from: the source's URL, or a discovery document's `jwks_uri`.
+    pub jwks_uri: String,
+    /// The key set as fetched, keys this process cannot use included.
+    pub jwks: serde_json::Value,
+}
+
+impl SourceKeys {
+    /// Keys fetched now from no document, for tests and benchmarks.
+    pub fn of(keys: Vec<VerificationKey>, issuer: Option<String>) -> Self {
+        Self {
+            keys,
+            issuer,
+            fetched_at: Instant::now(),
+            fetched_wall: SystemTime::now(),
+            jwks_uri: String::new(),
+            jwks: serde_json::Value::Null,
+        }
+    }
+
+    /// The usable keys of a JWKS document from `jwks_uri`, fetched at `fetched_wall`; those this
+    /// process cannot use are skipped (and logged), and a set with none is an error.
+    pub fn from_jwks(
+        jwks: serde_json::Value,
+        jwks_uri: &str,
+        issuer: Option<String>,
+        fetched_wall: SystemTime,
+    ) -> anyhow::Result<Self> {
+        let entries = jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| anyhow!("{jwks_uri} is not a JWKS document (no keys array)"))?;
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match VerificationKey::from_jwk_value(entry) {
+                Ok(key) => keys.push(key),
+                Err(err) => {
+                    let kid = entry.get("kid").and_then(serde_json::Value::as_str);
+                    tracing::debug!(source = %jwks_uri, kid, error = %err, "skipping key");
+                }
+            }
+        }
+        if keys.is_empty() {
+            bail!("{jwks_uri} holds no usable signing keys");
+        }
+        // The same moment on this process's monotonic clock; a wall time in the future (a
+        // clock ahead of ours) counts as now.
+        let age = SystemTime::now()
+            .duration_since(fetched_wall)
+            .unwrap_or_default();
+        let fetched_at = Instant::now()
+            .checked_sub(age)
+            .ok_or_else(|| anyhow!("fetched {age:?} ago, before this machine started"))?;
+        Ok(Self {
+            keys,
+            issuer,
+            fetched_at,
+            fetched_wall,
+            jwks_uri: jwks_uri.to_owned(),
+            jwks,
+        })
+    }
 }
 
 /// One remote source and its state.
 pub struct Source {
     pub id: RemoteKeySource,
+    /// Who fetches it; fixed for the source's life (a policy that changes it gets new sources).
+    pub delivery: KeyDelivery,
     keys: ArcSwapOption<SourceKeys>,
+    /// When the freshest keys delivered in the bundle were fetched, if any were.
+    delivered_at: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
     last_miss_fetch: Mutex<Option<Instant>>,
     /// Single flight: concurrent refetches wait for the one in progress.
@@ -81,11 +164,16 @@ pub struct Source {
 }
 
 impl Source {
-    fn new(id: RemoteKeySource) -> Self {
+    fn new(id: RemoteKeySource, delivery: KeyDelivery) -> Self {
+        let waiting = (!delivery.sidecar_fetches()).then(|| {
+            "no keys for it in the operator's bundle yet (keyDelivery: Operator)".to_owned()
+        });
         Self {
             id,
+            delivery,
             keys: ArcSwapOption::empty(),
-            last_error: Mutex::new(None),
+            delivered_at: Mutex::new(None),
+            last_error: Mutex::new(waiting),
             last_miss_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             unknown_kids: Mutex::new(HashMap::new()),
@@ -132,12 +220,44 @@ impl Source {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
+
+    /// How much longer the keys last delivered in the bundle stay fresh (within `max_stale`);
+    /// `None` when none were delivered or they are older.
+    fn delivered_fresh_for(&self, max_stale: Duration) -> Option<Duration> {
+        let at = (*self.delivered_at.lock().ok()?)?;
+        max_stale
+            .checked_sub(at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Takes keys delivered in the bundle, unless the keys held were fetched later (a
+    /// sidecar's own refetch for an unknown `kid` can be newer than the operator's last fetch).
+    /// Returns whether they replaced the keys held.
+    fn offer(&self, delivered: &Arc<SourceKeys>) -> bool {
+        if let Ok(mut at) = self.delivered_at.lock() {
+            *at = Some(at.map_or(delivered.fetched_at, |at| at.max(delivered.fetched_at)));
+        }
+        let newer = self
+            .keys
+            .load()
+            .as_ref()
+            .is_none_or(|held| held.fetched_wall <= delivered.fetched_wall);
+        if newer {
+            self.keys.store(Some(Arc::clone(delivered)));
+            if let Ok(mut err) = self.last_error.lock() {
+                *err = None;
+            }
+        }
+        newer
+    }
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub struct KeyCache {
-    sources: Mutex<HashMap<RemoteKeySource, Weak<Source>>>,
+    sources: Mutex<HashMap<(RemoteKeySource, KeyDelivery), Weak<Source>>>,
+    /// The keys the bundle delivered last, per source.
+    delivered: Mutex<HashMap<RemoteKeySource, Arc<SourceKeys>>>,
     client: HttpsClient,
     settings: KeySettings,
     metrics: Arc<KeyMetrics>,
@@ -156,6 +276,7 @@ impl KeyCache {
         let client = Client::builder(TokioExecutor::new()).build(https_connector(extra_ca)?);
         Ok(Arc::new(Self {
             sources: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
             client,
             settings,
             metrics,
@@ -172,24 +293,114 @@ impl KeyCache {
         &self.settings
     }
 
-    /// The shared state of each source, starting a refresher for sources seen for the first
-    /// time. A source lives as long as some policy holds it.
+    /// The shared state of each source, fetched by this process (`Sidecar` delivery).
     pub fn sources(self: &Arc<Self>, ids: &[RemoteKeySource]) -> Vec<Arc<Source>> {
+        self.sources_for(ids, KeyDelivery::Sidecar)
+    }
+
+    /// The shared state of each source under `delivery`, starting a refresher for sources seen
+    /// for the first time (none for `Operator`, whose keys only the bundle brings). A new
+    /// source starts with the keys the bundle delivered for it, if any. A source lives as long
+    /// as some policy holds it.
+    pub fn sources_for(
+        self: &Arc<Self>,
+        ids: &[RemoteKeySource],
+        delivery: KeyDelivery,
+    ) -> Vec<Arc<Source>> {
         let Ok(mut map) = self.sources.lock() else {
             return Vec::new();
         };
         map.retain(|_, weak| weak.strong_count() > 0);
         ids.iter()
             .map(|id| {
-                if let Some(existing) = map.get(id).and_then(Weak::upgrade) {
+                let key = (id.clone(), delivery);
+                if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
                     return existing;
                 }
-                let source = Arc::new(Source::new(id.clone()));
-                map.insert(id.clone(), Arc::downgrade(&source));
-                tokio::spawn(Arc::clone(self).refresh_loop(Arc::downgrade(&source)));
+                let source = Arc::new(Source::new(id.clone(), delivery));
+                if delivery.through_bundle()
+                    && let Some(delivered) = self.delivered_keys(id)
+                {
+                    self.take_delivered(&source, &delivered);
+                }
+                map.insert(key, Arc::downgrade(&source));
+                if delivery.sidecar_fetches() {
+                    tokio::spawn(Arc::clone(self).refresh_loop(Arc::downgrade(&source)));
+                }
                 source
             })
             .collect()
+    }
+
+    /// The sources of `ids` this process already holds for `delivery`, without creating any
+    /// (so without starting fetches).
+    pub fn existing(&self, ids: &[RemoteKeySource], delivery: KeyDelivery) -> Vec<Arc<Source>> {
+        let Ok(map) = self.sources.lock() else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| map.get(&(id.clone(), delivery)).and_then(Weak::upgrade))
+            .collect()
+    }
+
+    fn delivered_keys(&self, id: &RemoteKeySource) -> Option<Arc<SourceKeys>> {
+        self.delivered.lock().ok()?.get(id).cloned()
+    }
+
+    /// Takes the keys of a new bundle: from now on they are what each source delivered through
+    /// the bundle starts with, and every such source held now gets them (unless it holds newer
+    /// ones). Sources absent from `delivered` keep their keys, up to the maximum stale age.
+    /// Returns how many sources took new keys.
+    pub fn deliver(&self, delivered: HashMap<RemoteKeySource, Arc<SourceKeys>>) -> usize {
+        let live: Vec<Arc<Source>> = match self.sources.lock() {
+            Ok(map) => map
+                .iter()
+                .filter(|((_, delivery), _)| delivery.through_bundle())
+                .filter_map(|(_, weak)| weak.upgrade())
+                .collect(),
+            Err(_) => return 0,
+        };
+        let taken = live
+            .iter()
+            .filter(|source| {
+                delivered
+                    .get(&source.id)
+                    .is_some_and(|keys| self.take_delivered(source, keys))
+            })
+            .count();
+        if let Ok(mut held) = self.delivered.lock() {
+            *held = delivered;
+        }
+        if taken > 0 {
+            // Wakes whoever waits for keys, as a fetch does.
+            self.fetches
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
+        taken
+    }
+
+    fn take_delivered(&self, source: &Source, keys: &Arc<SourceKeys>) -> bool {
+        if !source.offer(keys) {
+            return false;
+        }
+        let label = source.id.url();
+        self.metrics.delivered.with_label_values(&[label]).inc();
+        self.record_keys(label, keys);
+        tracing::debug!(source = %source.id, keys = keys.keys.len(), "took keys from the bundle");
+        true
+    }
+
+    fn record_keys(&self, label: &str, keys: &SourceKeys) {
+        self.metrics
+            .keys
+            .with_label_values(&[label])
+            .set(i64::try_from(keys.keys.len()).unwrap_or(i64::MAX));
+        if let Ok(at) = keys.fetched_wall.duration_since(UNIX_EPOCH) {
+            self.metrics
+                .fetched
+                .with_label_values(&[label])
+                .set(at.as_secs_f64());
+        }
     }
 
     async fn refresh_loop(self: Arc<Self>, source: Weak<Source>) {
@@ -197,13 +408,17 @@ impl KeyCache {
             let Some(strong) = source.upgrade() else {
                 return;
             };
-            let ok = self.fetch(&strong).await;
-            drop(strong);
-            let wait = if ok {
-                self.settings.refresh_interval
-            } else {
-                self.settings.retry_interval
+            let delivered = (strong.delivery == KeyDelivery::OperatorWithFallback)
+                .then(|| strong.delivered_fresh_for(self.settings.max_stale))
+                .flatten();
+            let wait = match delivered {
+                // The bundle keeps the source fresh: looked at again when its keys would
+                // be too old, or after the refresh interval, whichever comes first.
+                Some(fresh_for) => fresh_for.min(self.settings.refresh_interval),
+                None if self.fetch(&strong).await => self.settings.refresh_interval,
+                None => self.settings.retry_interval,
             };
+            drop(strong);
             tokio::time::sleep(wait).await;
         }
     }
@@ -230,7 +445,9 @@ impl KeyCache {
         let cooldown = self.settings.miss_cooldown;
         let mut refreshed = false;
         for source in sources {
-            if kid.is_some_and(|kid| source.is_known_unknown(kid, cooldown)) {
+            if !source.delivery.sidecar_fetches()
+                || kid.is_some_and(|kid| source.is_known_unknown(kid, cooldown))
+            {
                 continue;
             }
             let due = {
@@ -279,16 +496,7 @@ impl KeyCache {
                     .jwks_fetch
                     .with_label_values(&[label, "success"])
                     .inc();
-                self.metrics
-                    .keys
-                    .with_label_values(&[label])
-                    .set(i64::try_from(keys.keys.len()).unwrap_or(i64::MAX));
-                if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
-                    self.metrics
-                        .fetched
-                        .with_label_values(&[label])
-                        .set(now.as_secs_f64());
-                }
+                self.record_keys(label, &keys);
                 tracing::debug!(source = %source.id, keys = keys.keys.len(), "fetched keys");
                 source.keys.store(Some(Arc::new(keys)));
                 if let Ok(mut err) = source.last_error.lock() {
@@ -333,28 +541,7 @@ impl KeyCache {
             }
         };
         let jwks = self.get_json(&jwks_uri).await.context("key set")?;
-        let entries = jwks
-            .get("keys")
-            .and_then(serde_json::Value::as_array)
-            .ok_or_else(|| anyhow!("{jwks_uri} is not a JWKS document (no keys array)"))?;
-        let mut keys = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match VerificationKey::from_jwk_value(entry) {
-                Ok(key) => keys.push(key),
-                Err(err) => {
-                    let kid = entry.get("kid").and_then(serde_json::Value::as_str);
-                    tracing::debug!(source = %jwks_uri, kid, error = %err, "skipping key");
-                }
-            }
-        }
-        if keys.is_empty() {
-            bail!("{jwks_uri} holds no usable signing keys");
-        }
-        Ok(SourceKeys {
-            keys,
-            issuer,
-            fetched_at: Instant::now(),
-        })
+        SourceKeys::from_jwks(jwks, &jwks_uri, issuer, SystemTime::now())
     }
 
     async fn get_json(&self, url: &str) -> anyhow::Result<serde_json::Value> {
@@ -363,10 +550,7 @@ impl KeyCache {
             .with_context(|| format!("{url:?} is not a URI"))?;
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("tokengate/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(http::header::USER_AGENT, &self.settings.user_agent)
             .body(Empty::new())
             .context("building request")?;
         let response = self
@@ -597,11 +781,7 @@ mod tests {
 
     #[test]
     fn the_same_key_twice_is_one_key() {
-        let source = Arc::new(SourceKeys {
-            keys: vec![key(Some("a"), 1)],
-            issuer: None,
-            fetched_at: Instant::now(),
-        });
+        let source = Arc::new(SourceKeys::of(vec![key(Some("a"), 1)], None));
         let keys = [key(Some("a"), 1)];
         let view = KeyView {
             static_keys: &keys,

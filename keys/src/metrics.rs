@@ -11,6 +11,8 @@ pub struct KeyMetrics {
     /// `tokengate_keys_fetched_timestamp_seconds{source}`: when the keys held were fetched, so
     /// their age is `time() - ` this.
     pub fetched: GaugeVec,
+    /// `tokengate_keys_delivered_total{source}`: key sets taken from the operator's bundle.
+    pub delivered: IntCounterVec,
 }
 
 impl KeyMetrics {
@@ -34,13 +36,22 @@ impl KeyMetrics {
             ),
             &["source"],
         )?;
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                "tokengate_keys_delivered_total",
+                "Key sets taken from the operator's bundle instead of fetched, by source",
+            ),
+            &["source"],
+        )?;
         registry.register(Box::new(jwks_fetch.clone()))?;
+        registry.register(Box::new(delivered.clone()))?;
         registry.register(Box::new(keys.clone()))?;
         registry.register(Box::new(fetched.clone()))?;
         Ok(Self {
             jwks_fetch,
             keys,
             fetched,
+            delivered,
         })
     }
 

@@ -43,8 +43,9 @@ pub struct Cli {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
 
-    /// How often each key source in use is fetched again to keep `KeysResolved` current (a
-    /// failed source is retried every 10s).
+    /// How often each key source in use is fetched again, to keep `KeysResolved` current and
+    /// to deliver fresh keys to the sidecars in ConfigMap `tokengate-jwks` (a failed source is
+    /// retried every 10s).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub key_recheck: Duration,
 
@@ -121,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             refresh_interval: cli.key_recheck,
             retry_interval: Duration::from_secs(10),
             fetch_timeout: cli.key_fetch_timeout,
+            user_agent: tokengate_keys::user_agent("tokengate-operator"),
             ..KeySettings::default()
         },
         Arc::clone(&metrics.keys),

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub admission_duration: HistogramVec,
     /// When the webhook's serving certificate expires (Unix seconds; self-managed mode).
     pub webhook_certificate_expiry: IntGauge,
+    /// Time from the fetch that found a changed key set to a namespace's bundle carrying it.
+    pub key_delivery: Histogram,
 }
 
 impl Metrics {
@@ -77,6 +79,15 @@ impl Metrics {
         registry.register(Box::new(admission.clone()))?;
         registry.register(Box::new(admission_duration.clone()))?;
         registry.register(Box::new(webhook_certificate_expiry.clone()))?;
+        let key_delivery = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokengate_key_delivery_seconds",
+                "Time from the fetch that found a changed key set (a rotation) to a namespace's \
+                 bundle carrying it",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )?;
+        registry.register(Box::new(key_delivery.clone()))?;
         Ok(Self {
             registry,
             reconcile,
@@ -86,6 +97,7 @@ impl Metrics {
             admission,
             admission_duration,
             webhook_certificate_expiry,
+            key_delivery,
         })
     }
 

@@ -4,9 +4,12 @@
 //!
 //! The bundle is the contract with the sidecar's `--bundle DIR`: the ConfigMap holds one
 //! `<policy>.yaml` per TokenPolicy (the TokenPolicy document, readable by `--policy` too), and the
-//! Secret holds the symmetric key material of every `secretRef` as `<secret>.<key>`.
+//! Secret holds the symmetric key material of every `secretRef` as `<secret>.<key>`. ConfigMap
+//! `tokengate-jwks` holds the public keys the operator fetched for the policies that have them
+//! delivered (`keyDelivery` other than `Sidecar`), one document per key source.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use k8s_openapi::ByteString;
@@ -19,14 +22,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource as _, ResourceExt as _};
+use tokengate_keys::SourceKeys;
 use tokengate_policy::contract;
 use tokengate_policy::document::{API_VERSION, DocumentMeta, KIND};
 use tokengate_policy::selector::SelectorOperator;
 use tokengate_policy::spec::SecretKeyRef;
-use tokengate_policy::{LabelSelector, TokenPolicy, TokenPolicyDocument, TokenPolicySpec};
+use tokengate_policy::{
+    LabelSelector, RemoteKeySource, TokenPolicy, TokenPolicyDocument, TokenPolicySpec,
+};
 
 pub use tokengate_policy::contract::{
-    KEYS_SECRET, MANAGED_BY_LABEL, MANAGER, POLICIES_CONFIG_MAP, PORTS_ANNOTATION,
+    JWKS_CONFIG_MAP, KEYS_SECRET, MANAGED_BY_LABEL, MANAGER, POLICIES_CONFIG_MAP, PORTS_ANNOTATION,
     SIDECAR_CONTAINER,
 };
 /// [`contract::SIDECAR_PROXY_PORT`] as Kubernetes types ports.
@@ -100,22 +106,38 @@ fn managed_labels() -> BTreeMap<String, String> {
     [(MANAGED_BY_LABEL.to_string(), MANAGER.to_string())].into()
 }
 
+/// The key sources whose keys the operator delivers for these policies (those whose
+/// `keyDelivery` is not `Sidecar`), each once.
+pub fn delivered_sources<'a>(
+    policies: impl IntoIterator<Item = &'a TokenPolicy>,
+) -> BTreeSet<RemoteKeySource> {
+    policies
+        .into_iter()
+        .filter(|policy| policy.spec.key_delivery.through_bundle())
+        .flat_map(|policy| tokengate_policy::remote_key_sources(&policy.spec))
+        .collect()
+}
+
 /// A namespace's bundle and what went wrong while assembling it, per policy.
 #[derive(Debug)]
 pub struct Bundle {
     pub config_map: ConfigMap,
     pub secret: Secret,
+    /// The delivered public keys ([`JWKS_CONFIG_MAP`]).
+    pub jwks: ConfigMap,
     /// Policy name -> problems with its referenced Secrets (missing Secret or key).
     pub secret_problems: BTreeMap<String, Vec<String>>,
 }
 
-/// Renders the bundle of one namespace from all its TokenPolicies and the Secrets they reference
-/// (`None`: the Secret does not exist). Every policy owns the bundle, so it outlives any one of
-/// them and the garbage collector deletes it with the last.
+/// Renders the bundle of one namespace from all its TokenPolicies, the Secrets they reference
+/// (`None`: the Secret does not exist) and the keys in hand for the sources delivered to them
+/// (a source without keys yet is left out; each source stands alone). Every policy owns the
+/// bundle, so it outlives any one of them and the garbage collector deletes it with the last.
 pub fn bundle(
     namespace: &str,
     policies: &[&TokenPolicy],
     secrets: &BTreeMap<String, Option<Secret>>,
+    keys: &BTreeMap<RemoteKeySource, Arc<SourceKeys>>,
 ) -> Result<Bundle> {
     let mut policy_files = BTreeMap::new();
     let mut key_files = BTreeMap::new();
@@ -148,6 +170,15 @@ pub fn bundle(
             }
         }
     }
+    let mut jwks_files = BTreeMap::new();
+    for source in delivered_sources(policies.iter().copied()) {
+        if let Some(held) = keys.get(&source) {
+            jwks_files.insert(
+                contract::jwks_file_name(&source),
+                tokengate_keys::delivery::render(&source, held)?,
+            );
+        }
+    }
     let owners: Vec<OwnerReference> = policies
         .iter()
         .filter_map(|p| owner_reference(p, false))
@@ -170,6 +201,11 @@ pub fn bundle(
             data: Some(key_files),
             type_: Some("Opaque".to_string()),
             ..Secret::default()
+        },
+        jwks: ConfigMap {
+            metadata: metadata(JWKS_CONFIG_MAP),
+            data: Some(jwks_files),
+            ..ConfigMap::default()
         },
         secret_problems,
     })
@@ -466,7 +502,7 @@ mod tests {
         }))
         .expect("secret");
         let secrets = [("hmac".to_string(), Some(secret))].into();
-        let bundle = bundle("shop", &[&a], &secrets).expect("bundle");
+        let bundle = bundle("shop", &[&a], &secrets, &BTreeMap::new()).expect("bundle");
         let data = bundle.config_map.data.expect("data");
         let text = &data["a.yaml"];
         let docs = tokengate_policy::parse_documents(text).expect("the sidecar reads it");
@@ -488,12 +524,81 @@ mod tests {
             "2026-01-02T00:00:00Z",
             json!({"selector": {"matchLabels": {"app": "b"}}, "validateJwt": {"jwksUris": ["https://idp.example/keys"]}}),
         );
-        let bundle = bundle("shop", &[&a, &b], &BTreeMap::new()).expect("bundle");
+        let bundle = bundle("shop", &[&a, &b], &BTreeMap::new(), &BTreeMap::new()).expect("bundle");
         let data = bundle.config_map.data.expect("data");
         assert!(data.contains_key("a.yaml") && data.contains_key("b.yaml"));
         let problems = &bundle.secret_problems["a"];
         assert!(problems[0].contains("Secret shop/hmac"), "{problems:?}");
         assert!(!bundle.secret_problems.contains_key("b"));
+    }
+
+    #[test]
+    fn delivered_keys_go_in_their_config_map_once_per_source_and_never_for_sidecar_mode() {
+        let keys_url = "https://idp.example/keys";
+        let spec = |app: &str, url: &str, mode: Option<&str>| {
+            let mut spec = json!({"selector": {"matchLabels": {"app": app}},
+                                  "validateJwt": {"jwksUris": [url]}});
+            if let Some(mode) = mode {
+                spec["keyDelivery"] = json!(mode);
+            }
+            spec
+        };
+        let a = policy("a", "2026-01-01T00:00:00Z", spec("a", keys_url, None));
+        let b = policy(
+            "b",
+            "2026-01-02T00:00:00Z",
+            spec("b", keys_url, Some("Operator")),
+        );
+        let own = "https://own.example/keys";
+        let c = policy("c", "2026-01-03T00:00:00Z", spec("c", own, Some("Sidecar")));
+        let pending = "https://pending.example/keys";
+        let d = policy("d", "2026-01-04T00:00:00Z", spec("d", pending, None));
+        // Two EC P-256 public keys.
+        let points = [
+            (
+                "3kAZOgw_T5OIe7nUJXeKef6XBnWigcAwtBwPsJbUQNo",
+                "lxPCzf_33pvH1RMoXvEU1xedHRAUmxGn2fsjO7cmFqc",
+            ),
+            (
+                "gljSRZk3nuRlqOzsr7ySx8VAPR3p-0D2JMCyLhhX0Ps",
+                "2WAP06X1wBmm3GXCSQaJo8WYvszSsdLNYE-nEemnYAE",
+            ),
+        ];
+        let jwk = |byte: u8| {
+            let (x, y) = points[usize::from(byte - 1)];
+            json!({"kty": "EC", "crv": "P-256", "kid": format!("k{byte}"), "x": x, "y": y})
+        };
+        let held = |url: &str, byte: u8| {
+            let keys = SourceKeys::from_jwks(
+                json!({"keys": [jwk(byte)]}),
+                url,
+                None,
+                std::time::SystemTime::now(),
+            )
+            .expect("keys");
+            (RemoteKeySource::Jwks(url.to_string()), Arc::new(keys))
+        };
+        // The operator holds keys for the shared source and the Sidecar-mode one; none yet for
+        // the pending source.
+        let keys: BTreeMap<_, _> = [held(keys_url, 1), held(own, 2)].into();
+        assert_eq!(
+            delivered_sources([&a, &b, &c, &d]),
+            [keys_url, pending]
+                .map(|url| RemoteKeySource::Jwks(url.to_string()))
+                .into()
+        );
+        let bundle = bundle("shop", &[&a, &b, &c, &d], &BTreeMap::new(), &keys).expect("bundle");
+        assert_eq!(bundle.jwks.metadata.name.as_deref(), Some(JWKS_CONFIG_MAP));
+        let data = bundle.jwks.data.expect("data");
+        let shared = RemoteKeySource::Jwks(keys_url.to_string());
+        assert_eq!(data.len(), 1, "{:?}", data.keys());
+        let (source, delivered) =
+            tokengate_keys::delivery::parse(&data[&contract::jwks_file_name(&shared)])
+                .expect("the sidecar reads it");
+        assert_eq!(source, shared);
+        assert_eq!(delivered.keys[0].kid.as_deref(), Some("k1"));
+        let owners = bundle.jwks.metadata.owner_references.expect("owners");
+        assert_eq!(owners.len(), 4, "every policy owns it");
     }
 
     #[test]

@@ -1238,6 +1238,303 @@ async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
     .expect("relabel enforced");
 }
 
+/// Keys distributed by the operator (`keyDelivery`): one Deployment of injected pods (50, or
+/// `TOKENGATE_FLEET_PODS`), run by the pod runner, and 10 policies sharing one key source. The
+/// identity provider counts JWKS fetches by client (`User-Agent`) and refuses the sidecars'
+/// while the mode is `Operator`: the pods start ready from the bundle alone, follow a key
+/// rotation through it, refuse an unknown `kid`, and fetch nothing, while the operator fetches
+/// about once per refresh (`--key-recheck=3s`). Then `OperatorWithFallback` (a fetch per pod at
+/// most, for the unknown `kid`, within the cooldown) and `Sidecar` (every pod fetches).
+#[tokio::test]
+async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
+    use futures_util::StreamExt as _;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use tokengate_policy::{Algorithm, contract};
+    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use tokengate_testkit::echo::EchoServer;
+    use tokengate_testkit::idp::{DEFAULT_AUDIENCE, KeyFamily};
+    use tokengate_testkit::metrics::value;
+
+    const REFRESH: Duration = Duration::from_secs(3);
+    const SIDECAR: &str = "tokengate-sidecar";
+    const OPERATOR: &str = "tokengate-operator";
+    let pods: usize = std::env::var("TOKENGATE_FLEET_PODS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50);
+    let (client, namespace, _webhook) = webhooks::setup("fleet").await;
+    let sidecar = webhooks::sidecar_binary();
+    let idp = IdentityProvider::start().await.expect("identity provider");
+    idp.refuse_clients(&[SIDECAR]);
+    let app = EchoServer::start().await.expect("echo application");
+    let policies = Api::<TokenPolicy>::namespaced(client.clone(), &namespace);
+    let spec = |app: &str, mode: &str| {
+        json!({
+            "selector": {"matchLabels": {"app": app}},
+            "keyDelivery": mode,
+            "validateJwt": {"openidConfigs": [{"url": idp.discovery_url()}],
+                            "audiences": [DEFAULT_AUDIENCE]},
+        })
+    };
+    for i in 0..10 {
+        let (name, app) = if i == 0 {
+            ("fleet".to_string(), "fleet".to_string())
+        } else {
+            (format!("other-{i}"), format!("other-{i}"))
+        };
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(&namespace, &name, spec(&app, "Operator")),
+            )
+            .await
+            .expect("create policy");
+    }
+    let (_, message) = wait_condition(&policies, "fleet", "KeysResolved", "True").await;
+    assert!(
+        message.contains("delivered in ConfigMap tokengate-jwks"),
+        "{message}"
+    );
+    let source = tokengate_policy::RemoteKeySource::Discovery(idp.discovery_url());
+    let file = contract::jwks_file_name(&source);
+    let jwks_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    wait_until(TIMEOUT, "the keys in ConfigMap tokengate-jwks", || async {
+        let map = jwks_maps.get_opt(contract::JWKS_CONFIG_MAP).await?;
+        let data = map.and_then(|m| m.data).unwrap_or_default();
+        Ok(data.len() == 1 && data.contains_key(&file))
+    })
+    .await
+    .expect("delivered keys");
+
+    let deployment: Deployment = from_json(json!({
+        "metadata": {"name": "fleet"},
+        "spec": {
+            "replicas": pods,
+            "selector": {"matchLabels": {"app": "fleet"}},
+            "template": {
+                "metadata": {"labels": {"app": "fleet"}},
+                "spec": {"containers": [{
+                    "name": "fleet", "image": "example.invalid/fleet:1",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }]},
+            },
+        },
+    }));
+    Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create Deployment");
+    let pod_api = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let created = std::sync::Mutex::new(Vec::new());
+    wait_until(TIMEOUT, &format!("{pods} pods"), || async {
+        let list = pod_api
+            .list(&ListParams::default().labels("app=fleet"))
+            .await?;
+        let done = list.items.len() == pods;
+        if let Ok(mut created) = created.lock() {
+            *created = list.items;
+        }
+        Ok(done)
+    })
+    .await
+    .expect("the Deployment's pods");
+    let created = created.into_inner().expect("pods");
+
+    // Each sidecar started with the provider refusing it: ready from the bundle alone.
+    let started = Instant::now();
+    let running: Vec<(RunningPod, u16, u16)> = futures_util::stream::iter(created)
+        .map(|pod| {
+            let client = client.clone();
+            let sidecar = sidecar.clone();
+            let app_port = app.port();
+            async move {
+                let listen = free_port().expect("port");
+                let admin = free_port().expect("port");
+                let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
+                    .entrypoint([sidecar.display().to_string()])
+                    .port(contract::SIDECAR_PROXY_PORT, listen)
+                    .port(contract::SIDECAR_ADMIN_PORT, admin)
+                    .port(8080, app_port)
+                    // kubelet's own sync is slower still (about a minute by default).
+                    .sync_interval(Duration::from_secs(3));
+                let running = RunningPod::start(&client, &pod, options)
+                    .await
+                    .expect("a fleet pod's sidecar becomes ready");
+                (running, listen, admin)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    eprintln!(
+        "{pods} pods ready from the bundle alone (the provider refusing the sidecars) in {:?}",
+        started.elapsed()
+    );
+    let every_pod = |token: String, expected: &'static str| {
+        let ports: Vec<u16> = running.iter().map(|(_, listen, _)| *listen).collect();
+        async move {
+            let mut outcomes = BTreeMap::new();
+            for port in ports {
+                let (status, response) = http_get(port, "/orders", Some(&token)).await;
+                let outcome = if status == 200 {
+                    "200".to_string()
+                } else {
+                    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                    let reason: Value = serde_json::from_str(body).unwrap_or_default();
+                    format!("{status} {}", reason["reason"].as_str().unwrap_or(""))
+                };
+                *outcomes.entry(outcome).or_insert(0) += 1;
+            }
+            (
+                outcomes.len() == 1 && outcomes.contains_key(expected),
+                outcomes,
+            )
+        }
+    };
+    let sidecar_fetches = || async {
+        let mut per_pod = Vec::new();
+        for (_, _, admin) in &running {
+            let metrics = admin_get(*admin, "/metrics").await;
+            per_pod.push(value(&metrics, "tokengate_jwks_fetch_total", &[]));
+        }
+        per_pod
+    };
+
+    // Operator mode over two refresh intervals and one rotation.
+    idp.reset_counters();
+    let run = Instant::now();
+    let before = idp.token(Algorithm::RS256);
+    let (all, outcomes) = every_pod(before.clone(), "200").await;
+    assert!(all, "{outcomes:?}");
+    tokio::time::sleep(REFRESH).await;
+    let rotated_at = Instant::now();
+    idp.rotate(KeyFamily::Rsa);
+    let rotated = idp.token(Algorithm::RS256);
+    wait_until(TIMEOUT, "every pod to accept the rotated key", || async {
+        Ok(every_pod(rotated.clone(), "200").await.0)
+    })
+    .await
+    .expect("rotation delivered");
+    let rotation = rotated_at.elapsed();
+    let (all, outcomes) = every_pod(before.clone(), "200").await;
+    assert!(
+        all,
+        "the key published before the rotation still verifies: {outcomes:?}"
+    );
+    let unknown = idp.add_unpublished_key(KeyFamily::Rsa);
+    let forged = idp.sign_with_kid(&unknown, Algorithm::RS256, &idp.claims());
+    let (all, outcomes) = every_pod(forged.clone(), "401 TokenSignatureKeyNotFound").await;
+    assert!(all, "{outcomes:?}");
+    let refusals = value(
+        &admin_get(running[0].2, "/metrics").await,
+        "tokengate_requests_total",
+        &[("reason", "TokenSignatureKeyNotFound")],
+    );
+    assert!(refusals >= 1.0, "the refusal is counted");
+    let elapsed = run.elapsed().max(REFRESH * 2);
+    if elapsed > run.elapsed() {
+        tokio::time::sleep(elapsed - run.elapsed()).await;
+    }
+    let elapsed = run.elapsed();
+    let by_client = idp.jwks_fetches_by_client();
+    let operator = idp.jwks_fetches_by(OPERATOR);
+    let intervals = elapsed.as_secs_f64() / REFRESH.as_secs_f64();
+    eprintln!(
+        "Operator mode, {pods} pods, {elapsed:?} ({intervals:.1} refresh intervals of {REFRESH:?}): \
+         JWKS fetches by client {by_client:?}; rotation -> every pod accepting the new key in \
+         {rotation:?}"
+    );
+    assert_eq!(idp.jwks_fetches_by(SIDECAR), 0, "{by_client:?}");
+    assert_eq!(sidecar_fetches().await.iter().sum::<f64>(), 0.0);
+    assert!(
+        operator >= 1 && (operator as f64) <= intervals.ceil() + 1.0,
+        "about one operator fetch per refresh interval: {by_client:?}"
+    );
+
+    // OperatorWithFallback: the sidecars may reach the provider now; each fetches at most once
+    // for an unknown kid within the cooldown (30s by default), however often it is asked.
+    idp.refuse_clients(&[]);
+    let switch = |mode: &'static str| {
+        let policies = policies.clone();
+        let spec = spec("fleet", mode);
+        async move {
+            policies
+                .patch(
+                    "fleet",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": spec})),
+                )
+                .await
+                .expect("switch keyDelivery");
+        }
+    };
+    let generations = || async {
+        let mut lowest = f64::MAX;
+        for (_, _, admin) in &running {
+            let metrics = admin_get(*admin, "/metrics").await;
+            lowest = lowest.min(value(&metrics, "tokengate_policy_generation", &[]));
+        }
+        lowest
+    };
+    let generation = generations().await;
+    idp.reset_counters();
+    let fetches_before = sidecar_fetches().await;
+    switch("OperatorWithFallback").await;
+    wait_until(
+        TIMEOUT,
+        "every pod to apply OperatorWithFallback",
+        || async { Ok(generations().await > generation) },
+    )
+    .await
+    .expect("mode applied");
+    let (all, outcomes) = every_pod(rotated.clone(), "200").await;
+    assert!(all, "{outcomes:?}");
+    let at_switch = idp.jwks_fetches_by(SIDECAR);
+    for _ in 0..2 {
+        let (all, outcomes) = every_pod(forged.clone(), "401 TokenSignatureKeyNotFound").await;
+        assert!(all, "{outcomes:?}");
+    }
+    let per_pod: Vec<f64> = sidecar_fetches()
+        .await
+        .iter()
+        .zip(&fetches_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let fallback = idp.jwks_fetches_by(SIDECAR);
+    eprintln!(
+        "OperatorWithFallback, {pods} pods: JWKS fetches by the sidecars at the switch {at_switch}, \
+         after two rounds of an unknown kid {fallback}"
+    );
+    assert_eq!(
+        at_switch, 0,
+        "the bundle's keys serve the new mode's sources"
+    );
+    assert!(
+        per_pod.iter().all(|fetches| *fetches <= 1.0),
+        "at most one fetch per pod per cooldown: {per_pod:?}"
+    );
+    assert!(fallback <= pods as u64);
+
+    // Sidecar mode: every pod fetches its keys itself.
+    let generation = generations().await;
+    idp.reset_counters();
+    switch("Sidecar").await;
+    wait_until(TIMEOUT, "every pod to apply Sidecar", || async {
+        Ok(generations().await > generation)
+    })
+    .await
+    .expect("mode applied");
+    wait_until(TIMEOUT, "every pod's own fetch", || async {
+        Ok(idp.jwks_fetches_by(SIDECAR) >= pods as u64)
+    })
+    .await
+    .expect("own fetches");
+    eprintln!(
+        "Sidecar mode, {pods} pods: JWKS fetches by the sidecars on applying it {}",
+        idp.jwks_fetches_by(SIDECAR)
+    );
+}
+
 // =================================================================================================
 // Admission webhooks
 // =================================================================================================

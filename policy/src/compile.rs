@@ -15,8 +15,8 @@ use crate::keys::VerificationKey;
 use crate::routes::{CompiledRule, RouteTable};
 use crate::selector::LabelSelector;
 use crate::spec::{
-    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, KeySelection, SigningKey, TokenPolicySpec,
-    UnderscoreHeaders, ValidateAzureAdToken, ValidateJwt,
+    DEFAULT_MAX_TOKEN_LENGTH, FailedValidation, KeyDelivery, KeySelection, SigningKey,
+    TokenPolicySpec, UnderscoreHeaders, ValidateAzureAdToken, ValidateJwt,
 };
 
 /// Longest clock skew accepted; beyond it `exp` stops meaning much.
@@ -136,6 +136,8 @@ pub struct Verification {
     /// Microsoft Entra checks (`validateAzureAdToken`). When set, they replace `issuers`, which
     /// is then `Any`, and add the client-application check.
     pub entra: Option<EntraRules>,
+    /// Who fetches the `remote_sources` (`spec.keyDelivery`).
+    pub key_delivery: KeyDelivery,
 }
 
 /// A claim copied into a request header.
@@ -333,6 +335,10 @@ impl Compiler<'_> {
                 None
             }
         };
+        let verification = verification.map(|verification| Verification {
+            key_delivery: spec.key_delivery,
+            ..verification
+        });
         let claims_to_headers = self.claims_to_headers(spec, &extraction);
         let paths = &spec.requests.paths;
         let mut rules = Vec::new();
@@ -555,6 +561,7 @@ impl Compiler<'_> {
             clock_skew,
             key_selection: jwt.key_selection,
             entra: None,
+            key_delivery: KeyDelivery::default(),
         })
     }
 
@@ -688,6 +695,7 @@ impl Compiler<'_> {
                 versions,
                 client_application_ids,
             }),
+            key_delivery: KeyDelivery::default(),
         })
     }
 

@@ -16,6 +16,11 @@ pub const POLICIES_CONFIG_MAP: &str = "tokengate-policies";
 /// [`key_file_name`] each. Key material never goes into a ConfigMap.
 pub const KEYS_SECRET: &str = "tokengate-keys";
 
+/// ConfigMap with the public keys the operator fetched for a namespace's policies, one
+/// [`jwks_file_name`] per key source (see `tokengate_keys::delivery` for the document). Public
+/// keys only: symmetric keys stay in [`KEYS_SECRET`].
+pub const JWKS_CONFIG_MAP: &str = "tokengate-jwks";
+
 /// Name of the injected sidecar container.
 pub const SIDECAR_CONTAINER: &str = "tokengate-sidecar";
 /// Port the sidecar serves the application's traffic on (the port a NetworkPolicy admits).
@@ -65,6 +70,8 @@ pub const BUNDLE_DIR: &str = "/var/run/tokengate/bundle";
 pub const BUNDLE_POLICIES_DIR: &str = "policies";
 /// Subdirectory of the bundle holding the Secret [`KEYS_SECRET`].
 pub const BUNDLE_KEYS_DIR: &str = "keys";
+/// Subdirectory of the bundle holding the ConfigMap [`JWKS_CONFIG_MAP`].
+pub const BUNDLE_JWKS_DIR: &str = "jwks";
 /// Directory of the downward-API volume with the pod's labels.
 pub const POD_INFO_DIR: &str = "/var/run/tokengate/pod";
 /// File (below [`POD_INFO_DIR`]) holding the pod's labels, one `key="value"` a line.
@@ -80,6 +87,21 @@ pub fn policy_file_name(policy: &str) -> String {
 /// The bundle file name of a `secretRef`'s key material: `<secret>.<key>`.
 pub fn key_file_name(secret: &str, key: &str) -> String {
     format!("{secret}.{key}")
+}
+
+/// The bundle file name of a key source's delivered keys: its kind and a digest of its URL
+/// (`discovery-<16 hex>.json`, `jwks-<16 hex>.json`), a valid ConfigMap key whatever the URL.
+/// The digest (64-bit FNV-1a) only needs to keep the sources of one namespace apart; the file
+/// names its source inside, and readers go by that.
+pub fn jwks_file_name(source: &crate::RemoteKeySource) -> String {
+    let (kind, url) = match source {
+        crate::RemoteKeySource::Discovery(url) => ("discovery", url),
+        crate::RemoteKeySource::Jwks(url) => ("jwks", url),
+    };
+    let digest = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{kind}-{digest:016x}.json")
 }
 
 /// Whether `part` may be a Secret name or key in [`key_file_name`]: a Kubernetes name
@@ -182,6 +204,24 @@ mod tests {
         assert!(is_valid_key_file_part("tls.key"));
         for bad in ["", "..", "../x", "a/b", "a\\b", "a b", "ä"] {
             assert!(!is_valid_key_file_part(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jwks_file_names_are_config_map_keys_apart_per_source() {
+        use crate::RemoteKeySource::{Discovery, Jwks};
+        let url = "https://login.example/t/v2.0/.well-known/openid-configuration?x=1&y=ä";
+        let discovery = jwks_file_name(&Discovery(url.to_owned()));
+        let jwks = jwks_file_name(&Jwks(url.to_owned()));
+        assert_ne!(discovery, jwks);
+        assert_ne!(discovery, jwks_file_name(&Discovery(format!("{url}2"))));
+        // Stable across builds and processes: the operator and sidecars of other versions agree.
+        assert_eq!(
+            jwks_file_name(&Jwks("https://idp.example/keys".to_owned())),
+            "jwks-3fbe10a6e4e05716.json"
+        );
+        for name in [discovery, jwks] {
+            assert!(name.len() <= 253 && is_valid_key_file_part(&name), "{name}");
         }
     }
 

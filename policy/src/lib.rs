@@ -19,7 +19,7 @@ pub use compile::{
 pub use document::{DocumentError, TokenPolicyDocument, parse_documents};
 pub use keys::{KeyError, VerificationKey};
 pub use selector::LabelSelector;
-pub use spec::{KeySelection, TokenPolicy, TokenPolicySpec};
+pub use spec::{KeyDelivery, KeySelection, TokenPolicy, TokenPolicySpec};
 pub use status::TokenPolicyStatus;
 
 /// Re-exported so users of the model name algorithms with the same type.

@@ -91,6 +91,45 @@ pub struct TokenPolicySpec {
     /// exactly as it was judged; what cannot be made unambiguous is refused with 400.
     #[serde(default, skip_serializing_if = "Requests::is_default")]
     pub requests: Requests,
+
+    /// Who fetches the public keys of the policy's key sources (`openidConfigs`, `jwksUris`,
+    /// the Microsoft Entra authority). `OperatorWithFallback` (the default): the operator
+    /// fetches each source once for the whole cluster and delivers its keys to the sidecars
+    /// through the namespace bundle; a sidecar fetches itself only when a token names a key the
+    /// bundle lacks (at most once per cooldown) or when the bundle's keys are older than its
+    /// maximum stale age. `Operator`: sidecars never fetch, so application pods need no egress
+    /// to the identity provider; a key reaches them once the operator's next refresh has put it
+    /// in the bundle. `Sidecar`: every sidecar fetches its keys itself, as without an operator.
+    #[serde(default, skip_serializing_if = "KeyDelivery::is_default")]
+    pub key_delivery: KeyDelivery,
+}
+
+/// Who fetches a policy's remote keys (`spec.keyDelivery`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum KeyDelivery {
+    // The operator, through the bundle; sidecars fall back to fetching themselves.
+    #[default]
+    OperatorWithFallback,
+    // The operator only, through the bundle: sidecars need no egress.
+    Operator,
+    // Each sidecar itself.
+    Sidecar,
+}
+
+impl KeyDelivery {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the operator delivers this policy's keys in the bundle.
+    pub fn through_bundle(self) -> bool {
+        self != Self::Sidecar
+    }
+
+    /// Whether a sidecar may fetch keys itself.
+    pub fn sidecar_fetches(self) -> bool {
+        self != Self::Operator
+    }
 }
 
 /// Where the token is read from. Sources are tried in order: header, query parameter, cookie.

@@ -158,11 +158,10 @@ fn bench_verify_entra(c: &mut Criterion) {
             .expect("RSA key");
     let view = KeyView {
         static_keys: &[],
-        remote: vec![std::sync::Arc::new(SourceKeys {
-            keys: vec![key],
-            issuer: Some(idp.issuer().to_owned()),
-            fetched_at: std::time::Instant::now(),
-        })],
+        remote: vec![std::sync::Arc::new(SourceKeys::of(
+            vec![key],
+            Some(idp.issuer().to_owned()),
+        ))],
     };
     let mut claims = idp.entra_claims(EntraTokenVersion::V2, TENANT, CLIENT, API);
     claims["roles"] = serde_json::json!(["Orders.Read"]);

@@ -3,6 +3,8 @@
 //! ```text
 //! DIR/policies/   ConfigMap tokengate-policies: <policy-name>.yaml, one TokenPolicy each
 //! DIR/keys/       Secret tokengate-keys (optional): <secret>.<key>, base64 symmetric keys
+//! DIR/jwks/       ConfigMap tokengate-jwks (optional): the public keys the operator fetched,
+//!                 one document per key source (`tokengate_keys::delivery`)
 //! ```
 //!
 //! Both use kubelet's atomic-update layout: visible entries are symlinks `name -> ..data/name`,
@@ -12,16 +14,19 @@
 //! Each file stands alone: one that fails to parse or compile is reported and skipped, and the
 //! others still apply.
 
+use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokengate_policy::{CompiledPolicy, compile, parse_documents};
+use tokengate_keys::SourceKeys;
+use tokengate_policy::{CompiledPolicy, RemoteKeySource, compile, parse_documents};
 
 use crate::load::WatchedKeyFiles;
 
 pub use tokengate_policy::contract::{
-    BUNDLE_KEYS_DIR as KEYS_DIR, BUNDLE_POLICIES_DIR as POLICIES_DIR,
+    BUNDLE_JWKS_DIR as JWKS_DIR, BUNDLE_KEYS_DIR as KEYS_DIR, BUNDLE_POLICIES_DIR as POLICIES_DIR,
 };
 
 /// A policy read from the bundle, with the file it came from.
@@ -70,10 +75,20 @@ pub fn entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(entries)
 }
 
-/// Feeds the names and contents (through symlinks) of both directories to `hasher`, so that
-/// any edit, swap, addition or removal changes the digest.
+/// Feeds the names and contents (through symlinks) of the policies and keys directories to
+/// `hasher`, so that any edit, swap, addition or removal changes the digest. (The delivered
+/// public keys are followed apart: [`jwks_fingerprint`].)
 pub fn fingerprint(dir: &Path, hasher: &mut impl Hasher) {
-    for sub in [POLICIES_DIR, KEYS_DIR] {
+    fingerprint_dirs(dir, &[POLICIES_DIR, KEYS_DIR], hasher);
+}
+
+/// [`fingerprint`] of the delivered public keys' directory.
+pub fn jwks_fingerprint(dir: &Path, hasher: &mut impl Hasher) {
+    fingerprint_dirs(dir, &[JWKS_DIR], hasher);
+}
+
+fn fingerprint_dirs(dir: &Path, subs: &[&str], hasher: &mut impl Hasher) {
+    for sub in subs {
         let path = dir.join(sub);
         sub.hash(hasher);
         match entries(&path) {
@@ -89,6 +104,42 @@ pub fn fingerprint(dir: &Path, hasher: &mut impl Hasher) {
             Err(err) => err.kind().to_string().hash(hasher),
         }
     }
+}
+
+/// The public keys the operator delivered, read from the bundle in one pass.
+#[derive(Debug, Default)]
+pub struct DeliveredLoad {
+    pub keys: HashMap<RemoteKeySource, Arc<SourceKeys>>,
+    pub failures: Vec<BundleFailure>,
+}
+
+/// Reads every delivered key set of the bundle at `dir`. Each file stands alone: one that is
+/// not a usable key set is reported, and its source keeps the keys it has.
+pub fn load_delivered(dir: &Path) -> DeliveredLoad {
+    let mut load = DeliveredLoad::default();
+    let jwks_dir = dir.join(JWKS_DIR);
+    let files = match entries(&jwks_dir) {
+        Ok(files) => files,
+        Err(err) => {
+            load.failures.push(BundleFailure {
+                file: JWKS_DIR.to_owned(),
+                error: anyhow::Error::new(err).context(format!("listing {}", jwks_dir.display())),
+            });
+            return load;
+        }
+    };
+    for (file, path) in files {
+        let parsed = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|text| tokengate_keys::delivery::parse(&text));
+        match parsed {
+            Ok((source, keys)) => {
+                load.keys.insert(source, Arc::new(keys));
+            }
+            Err(error) => load.failures.push(BundleFailure { file, error }),
+        }
+    }
+    load
 }
 
 /// Reads and compiles every policy of the bundle at `dir`.

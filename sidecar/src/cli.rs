@@ -149,7 +149,8 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
-    /// Refresh interval of fetched key sets.
+    /// Refresh interval of key sets the sidecar fetches itself (`keyDelivery: Sidecar`, or
+    /// the fallback while the bundle has no fresh keys for a source).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub key_refresh_interval: Duration,
 
@@ -158,7 +159,8 @@ pub struct KeyArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub key_miss_cooldown: Duration,
 
-    /// How long fetched keys stay in use when refreshes fail.
+    /// How long keys stay in use when refreshes fail, counted from their fetch (the
+    /// operator's, for keys delivered in the bundle).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub key_max_stale: Duration,
 
@@ -178,6 +180,7 @@ impl KeyArgs {
             miss_cooldown: self.key_miss_cooldown,
             max_stale: self.key_max_stale,
             fetch_timeout: self.key_fetch_timeout,
+            user_agent: tokengate_keys::user_agent("tokengate-sidecar"),
             ..KeySettings::default()
         }
     }

@@ -139,7 +139,10 @@ impl Gate {
     /// now if no other policy used them).
     pub fn apply_policy(&self, policy: CompiledPolicy) -> Arc<ActivePolicy> {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let sources = self.keys().sources(&policy.verification.remote_sources);
+        let verification = &policy.verification;
+        let sources = self
+            .keys()
+            .sources_for(&verification.remote_sources, verification.key_delivery);
         let active = Arc::new(ActivePolicy::new(policy, sources, version));
         self.active.store(Some(Arc::clone(&active)));
         active

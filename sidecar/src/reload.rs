@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokengate_policy::CompiledPolicy;
+use tokengate_policy::{CompiledPolicy, KeyDelivery};
 use tokio::sync::watch;
 
 use crate::bundle;
@@ -37,6 +37,8 @@ pub struct PolicyInputs {
     /// Bundle only: the policy in force and the file it came from, kept when that file
     /// later fails to load.
     in_force: Option<(String, CompiledPolicy)>,
+    /// Bundle only: the fingerprint of the delivered keys last handed to the key cache.
+    delivered: Option<u64>,
 }
 
 impl PolicyInputs {
@@ -46,7 +48,34 @@ impl PolicyInputs {
             pod_labels,
             key_files: Vec::new(),
             in_force: None,
+            delivered: None,
         }
+    }
+
+    /// Bundle only: hands the public keys the operator delivered to the key cache when they
+    /// changed since the last call (kept keys stay where a file is bad: it is logged).
+    pub fn deliver_keys(&mut self, gate: &Gate) {
+        let PolicySource::Bundle(dir) = &self.source else {
+            return;
+        };
+        let mut hasher = DefaultHasher::new();
+        bundle::jwks_fingerprint(dir, &mut hasher);
+        let fingerprint = hasher.finish();
+        if self.delivered == Some(fingerprint) {
+            return;
+        }
+        self.delivered = Some(fingerprint);
+        let load = bundle::load_delivered(dir);
+        for failure in &load.failures {
+            tracing::error!(
+                file = %failure.file,
+                error = format!("{:#}", failure.error),
+                "delivered key set skipped; its source keeps the keys it has"
+            );
+        }
+        let sources = load.keys.len();
+        let taken = gate.keys().deliver(load.keys);
+        tracing::info!(sources, taken, "delivered keys read from the bundle");
     }
 
     /// A digest of every input's contents (read through symlinks); unreadable files count as
@@ -83,7 +112,15 @@ impl PolicyInputs {
                 let mut key_files = Vec::new();
                 let policies = load_policy_files_watching(files, &mut key_files);
                 self.key_files = key_files;
-                Ok(select_policy(policies?, labels?.as_ref()))
+                // No operator delivers keys to policy files: the sidecar fetches them itself.
+                let policies = policies?
+                    .into_iter()
+                    .map(|mut policy| {
+                        policy.verification.key_delivery = KeyDelivery::Sidecar;
+                        policy
+                    })
+                    .collect();
+                Ok(select_policy(policies, labels?.as_ref()))
             }
             PolicySource::Bundle(dir) => {
                 let load = bundle::load(dir);
@@ -202,6 +239,7 @@ pub async fn watch_inputs(
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
+        inputs.deliver_keys(&gate);
         if inputs.fingerprint() == seen {
             continue;
         }

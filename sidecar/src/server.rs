@@ -129,6 +129,9 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
 
     let bundle = matches!(source, PolicySource::Bundle(_));
     let mut inputs = PolicyInputs::new(source, config.pod_labels.clone());
+    // Delivered keys first: the policy's key sources start with them, and fetch nothing the
+    // bundle already brings.
+    inputs.deliver_keys(&gate);
     let (seen, loaded) = inputs.reload_tracked(&gate, &metrics);
     match loaded {
         Ok(()) => {}

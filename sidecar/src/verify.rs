@@ -828,11 +828,10 @@ mod tests {
             VerificationKey::from_jwk_value(&idp.current_key(KeyFamily::Rsa).jwk).expect("RSA key");
         let view = KeyView {
             static_keys: &[],
-            remote: vec![std::sync::Arc::new(tokengate_keys::SourceKeys {
-                keys: vec![key],
-                issuer: Some(idp.issuer().to_owned()),
-                fetched_at: std::time::Instant::now(),
-            })],
+            remote: vec![std::sync::Arc::new(tokengate_keys::SourceKeys::of(
+                vec![key],
+                Some(idp.issuer().to_owned()),
+            ))],
         };
         let now = unix_now() + 1.0;
         let check = |client: &str| {

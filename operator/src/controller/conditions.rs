@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
+use tokengate_policy::contract;
 use tokengate_policy::status::{condition, condition_status, reason};
 use tokengate_policy::{TokenPolicy, TokenPolicySpec, TokenPolicyStatus};
 
@@ -19,6 +20,8 @@ pub struct KeySourceState {
     pub url: String,
     /// Keys in hand (`None`: none yet, or too old to use).
     pub keys: Option<usize>,
+    /// Whether the bundle delivers them to the sidecars (`keyDelivery` not `Sidecar`).
+    pub delivered: bool,
     /// The last fetch's error, if it failed.
     pub error: Option<String>,
 }
@@ -154,7 +157,15 @@ fn keys_resolved(observed: &Observed) -> Condition {
     for source in &observed.key_sources {
         match (source.keys, &source.error) {
             (_, Some(error)) => failed.push(format!("{}: {error}", source.url)),
-            (Some(keys), None) => resolved.push(format!("{keys} key(s) from {}", source.url)),
+            (Some(keys), None) => {
+                // Not the fetch time: the status (and an Event) would change on every refresh.
+                let delivered = if source.delivered {
+                    format!(", delivered in ConfigMap {}", contract::JWKS_CONFIG_MAP)
+                } else {
+                    String::new()
+                };
+                resolved.push(format!("{keys} key(s) from {}{delivered}", source.url));
+            }
             (None, None) => pending.push(source.url.clone()),
         }
     }
@@ -364,6 +375,7 @@ mod tests {
         vec![KeySourceState {
             url: "https://idp.example/.well-known/openid-configuration".to_string(),
             keys: Some(2),
+            delivered: false,
             error: None,
         }]
     }
@@ -461,6 +473,7 @@ mod tests {
         let source = |keys: Option<usize>, error: Option<&str>| KeySourceState {
             url: "https://idp.example/keys".to_string(),
             keys,
+            delivered: false,
             error: error.map(str::to_string),
         };
         let pending = with(vec![source(None, None)]);
@@ -476,6 +489,16 @@ mod tests {
         let inline = with(Vec::new());
         assert_eq!(summary(&inline), ("True", reason::KEYS_FETCHED));
         assert_eq!(inline.message, "keys are given in the policy");
+        // Keys in hand say whether the bundle delivers them.
+        let delivered = with(vec![KeySourceState {
+            delivered: true,
+            ..source(Some(2), None)
+        }]);
+        assert_eq!(summary(&delivered), ("True", reason::KEYS_FETCHED));
+        assert_eq!(
+            delivered.message,
+            "2 key(s) from https://idp.example/keys, delivered in ConfigMap tokengate-jwks"
+        );
     }
 
     #[test]
@@ -530,6 +553,7 @@ mod tests {
         let pending = vec![KeySourceState {
             url: "https://idp.example/.well-known/openid-configuration".to_string(),
             keys: None,
+            delivered: false,
             error: None,
         }];
         let first = status(
@@ -587,6 +611,7 @@ mod tests {
         let failing = vec![KeySourceState {
             url: "https://idp.example/keys".to_string(),
             keys: None,
+            delivered: false,
             error: Some("HTTP 500".to_string()),
         }];
         let second = status(

@@ -1,15 +1,15 @@
 //! The key sources each policy uses, held in the shared key cache (holding them keeps their
 //! background refresh alive), and a watcher that reconciles a policy when the state of its
 //! sources changes, so `KeysResolved` follows the identity providers without reconciling every
-//! policy on a timer.
+//! policy on a timer. What they hold is also what the bundle delivers to sidecars.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokengate_keys::{KeyCache, Source};
-use tokengate_policy::TokenPolicy;
+use tokengate_keys::{KeyCache, Source, SourceKeys};
+use tokengate_policy::{KeyDelivery, RemoteKeySource, TokenPolicy};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::conditions::KeySourceState;
@@ -26,11 +26,14 @@ pub struct KeySources {
     held: Mutex<HashMap<ObjectRef<TokenPolicy>, HeldSources>>,
 }
 
-/// A fingerprint of what `KeysResolved` depends on: which sources have keys, and their errors.
+/// A fingerprint of what `KeysResolved` and the delivered keys depend on: which sources have
+/// keys and from which fetch, and their errors. Every successful fetch changes it, so the
+/// bundle carries each refresh (a sidecar goes by the delivered keys' fetch time).
 fn sources_state(sources: &[Arc<Source>], max_stale: Duration) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     for source in sources {
-        std::hash::Hash::hash(&source.current(max_stale).is_some(), &mut hasher);
+        let fetched = source.current(max_stale).map(|keys| keys.fetched_wall);
+        std::hash::Hash::hash(&fetched, &mut hasher);
         std::hash::Hash::hash(&source.last_error(), &mut hasher);
     }
     std::hash::Hasher::finish(&hasher)
@@ -58,13 +61,31 @@ impl KeySources {
             };
             held.insert(ObjectRef::from(policy), entry);
         }
+        let delivered = policy.spec.key_delivery.through_bundle();
         sources
             .iter()
             .map(|source| KeySourceState {
                 url: source.id.url().to_string(),
                 keys: source.current(max_stale).map(|k| k.keys.len()),
+                delivered,
                 error: source.last_error(),
             })
+            .collect()
+    }
+
+    /// The keys in hand (not older than the maximum stale age) for `sources`, among those some
+    /// policy holds; a source not fetched yet is left out.
+    pub fn keys_of(
+        &self,
+        sources: &std::collections::BTreeSet<RemoteKeySource>,
+    ) -> BTreeMap<RemoteKeySource, Arc<SourceKeys>> {
+        let ids: Vec<RemoteKeySource> = sources.iter().cloned().collect();
+        let max_stale = self.cache.settings().max_stale;
+        // The operator fetches every source itself.
+        self.cache
+            .existing(&ids, KeyDelivery::Sidecar)
+            .into_iter()
+            .filter_map(|source| Some((source.id.clone(), source.current(max_stale)?)))
             .collect()
     }
 

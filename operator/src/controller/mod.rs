@@ -30,7 +30,7 @@ use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::{Value, json};
 use tokengate_keys::KeyCache;
 use tokengate_policy::status::condition;
-use tokengate_policy::{TokenPolicy, TokenPolicyStatus};
+use tokengate_policy::{RemoteKeySource, TokenPolicy, TokenPolicyStatus};
 use tokio::task::JoinSet;
 
 use self::conditions::Observed;
@@ -121,6 +121,10 @@ type BundleSlot = Arc<tokio::sync::Mutex<Option<Written>>>;
 /// Referenced Secrets' data, read when the Secret store shows a new resourceVersion.
 type SecretEntries = HashMap<(String, String), (String, Secret)>;
 
+/// Per namespace and delivered source, a digest of the key set (its `kid`s and keys) the
+/// bundle last carried, so a changed set's delivery time is measured once.
+type DeliveredSets = HashMap<(String, RemoteKeySource), u64>;
+
 pub struct Context {
     pub client: Client,
     pub index: Index,
@@ -131,6 +135,7 @@ pub struct Context {
     bundles: Mutex<HashMap<String, BundleSlot>>,
     network_policies: Mutex<HashMap<(String, String), Written>>,
     secrets: Mutex<SecretEntries>,
+    delivered: Mutex<DeliveredSets>,
 }
 
 impl Context {
@@ -152,6 +157,41 @@ impl Context {
             bundles: Mutex::default(),
             network_policies: Mutex::default(),
             secrets: Mutex::default(),
+            delivered: Mutex::default(),
+        }
+    }
+
+    /// Observes, for each delivered source whose key set changed since the namespace's bundle
+    /// last carried it, the time from the fetch that found the set to now (it is applied).
+    fn measure_delivery(
+        &self,
+        namespace: &str,
+        keys: &BTreeMap<RemoteKeySource, Arc<tokengate_keys::SourceKeys>>,
+    ) {
+        let Ok(mut delivered) = self.delivered.lock() else {
+            return;
+        };
+        for (source, held) in keys {
+            let mut hasher = std::hash::DefaultHasher::new();
+            for key in &held.keys {
+                key.kid.hash(&mut hasher);
+                key.fingerprint().hash(&mut hasher);
+            }
+            let set = hasher.finish();
+            let previous = delivered.insert((namespace.to_string(), source.clone()), set);
+            if previous != Some(set) {
+                let took = std::time::SystemTime::now()
+                    .duration_since(held.fetched_wall)
+                    .unwrap_or_default();
+                self.metrics.key_delivery.observe(took.as_secs_f64());
+                tracing::info!(
+                    %namespace,
+                    %source,
+                    keys = held.keys.len(),
+                    took_ms = took.as_millis(),
+                    "key set delivered in the bundle"
+                );
+            }
         }
     }
 
@@ -176,6 +216,9 @@ impl Context {
                 }
                 keep
             });
+        }
+        if let Ok(mut delivered) = self.delivered.lock() {
+            delivered.retain(|(namespace, _), _| namespaces.contains(namespace));
         }
         if let Ok(mut written) = self.network_policies.lock() {
             written.retain(|(namespace, name), _| {
@@ -415,15 +458,29 @@ async fn render_bundle(
     let deletions = ctx.index.deletions.count(namespace);
     let ordered = facts.ordered();
     let secrets = ctx.referenced_secrets(namespace, &ordered).await?;
-    let bundle = render::bundle(namespace, &ordered, &secrets).map_err(|source| Error::Render {
-        namespace: namespace.to_string(),
-        source,
-    })?;
+    let keys = ctx
+        .key_sources
+        .keys_of(&render::delivered_sources(ordered.iter().copied()));
+    let bundle =
+        render::bundle(namespace, &ordered, &secrets, &keys).map_err(|source| Error::Render {
+            namespace: namespace.to_string(),
+            source,
+        })?;
     let config_map = with_type_meta(&bundle.config_map, "v1", "ConfigMap")?;
     let secret = with_type_meta(&bundle.secret, "v1", "Secret")?;
-    let rendered = fingerprint(&[&config_map, &secret]);
+    let jwks = with_type_meta(&bundle.jwks, "v1", "ConfigMap")?;
+    let rendered = fingerprint(&[&config_map, &secret, &jwks]);
     if !Written::covers(written.as_ref(), rendered, ctx.timing.resync, deletions) {
         let apply = PatchParams::apply(MANAGER).force();
+        // The public keys first: a policy that needs them finds them there when it arrives.
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+            .patch(render::JWKS_CONFIG_MAP, &apply, &Patch::Apply(jwks))
+            .await
+            .map_err(Error::api(format!(
+                "applying ConfigMap {namespace}/{}",
+                render::JWKS_CONFIG_MAP
+            )))?;
+        ctx.measure_delivery(namespace, &keys);
         Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
             .patch(
                 render::POLICIES_CONFIG_MAP,

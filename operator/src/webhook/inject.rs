@@ -24,6 +24,8 @@ use tokengate_policy::contract;
 pub const POLICIES_VOLUME: &str = "tokengate-policies";
 /// Volume with Secret [`contract::KEYS_SECRET`].
 pub const KEYS_VOLUME: &str = "tokengate-keys";
+/// Volume with ConfigMap [`contract::JWKS_CONFIG_MAP`] (the delivered public keys).
+pub const JWKS_VOLUME: &str = "tokengate-jwks";
 /// Downward-API volume with the pod's labels.
 pub const POD_INFO_VOLUME: &str = "tokengate-pod-info";
 /// ConfigMap volume with the [`contract::TrustBundle`], when one is configured.
@@ -156,8 +158,14 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
         }
     }
     for volume in spec.volumes.iter().flatten() {
-        if [POLICIES_VOLUME, KEYS_VOLUME, POD_INFO_VOLUME, TRUST_VOLUME]
-            .contains(&volume.name.as_str())
+        if [
+            POLICIES_VOLUME,
+            KEYS_VOLUME,
+            JWKS_VOLUME,
+            POD_INFO_VOLUME,
+            TRUST_VOLUME,
+        ]
+        .contains(&volume.name.as_str())
         {
             return Err(format!(
                 "the pod already has a volume named {}, which the injected sidecar needs; rename it",
@@ -469,6 +477,10 @@ fn sidecar_container(protected: &ProtectedPort, settings: &SidecarSettings) -> C
             KEYS_VOLUME,
             format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_KEYS_DIR),
         ),
+        mount(
+            JWKS_VOLUME,
+            format!("{}/{}", contract::BUNDLE_DIR, contract::BUNDLE_JWKS_DIR),
+        ),
         mount(POD_INFO_VOLUME, contract::POD_INFO_DIR.to_owned()),
     ];
     if settings.tuning.trust_bundle.is_some() {
@@ -547,6 +559,15 @@ fn volumes(trust_bundle: Option<&contract::TrustBundle>) -> Vec<Volume> {
                 secret_name: Some(contract::KEYS_SECRET.to_owned()),
                 optional: Some(true),
                 ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: JWKS_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract::JWKS_CONFIG_MAP.to_owned(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         },

@@ -9,6 +9,7 @@ mod boundary;
 mod bundle;
 mod cli;
 mod connections;
+mod delivery;
 mod entra;
 mod raw;
 mod reload;

@@ -23,7 +23,7 @@ mod routes;
 mod server;
 mod token;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -71,6 +71,10 @@ pub(crate) struct Shared {
     discovery_fetches: AtomicU64,
     jwks_fetches: AtomicU64,
     token_requests: AtomicU64,
+    /// JWKS requests by client: the product of their `User-Agent` (`tokengate-operator`).
+    jwks_fetches_by_client: Mutex<BTreeMap<String, u64>>,
+    /// Clients (by `User-Agent` product) whose discovery and JWKS requests get 503.
+    refused_clients: Mutex<Vec<String>>,
 }
 
 struct Client {
@@ -214,6 +218,8 @@ impl IdentityProvider {
             discovery_fetches: AtomicU64::new(0),
             jwks_fetches: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            jwks_fetches_by_client: Mutex::new(BTreeMap::new()),
+            refused_clients: Mutex::new(Vec::new()),
         });
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let server = server::spawn(listener, shared.clone(), tls);
@@ -496,6 +502,26 @@ impl IdentityProvider {
         self.shared.jwks_fetches.load(Ordering::SeqCst)
     }
 
+    /// JWKS requests received from `client` (the product of its `User-Agent`, such as
+    /// `tokengate-operator` or `tokengate-sidecar`), refused ones included.
+    pub fn jwks_fetches_by(&self, client: &str) -> u64 {
+        lock(&self.shared.jwks_fetches_by_client)
+            .get(client)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// JWKS requests received, by client.
+    pub fn jwks_fetches_by_client(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared.jwks_fetches_by_client).clone()
+    }
+
+    /// Answers the discovery and JWKS requests of these clients (by `User-Agent` product) 503,
+    /// as a provider the clients cannot reach would fail them; others are served.
+    pub fn refuse_clients(&self, clients: &[&str]) {
+        *lock(&self.shared.refused_clients) = clients.iter().map(|c| (*c).to_owned()).collect();
+    }
+
     /// Token endpoint requests received, failed ones included.
     pub fn token_requests(&self) -> u64 {
         self.shared.token_requests.load(Ordering::SeqCst)
@@ -506,6 +532,7 @@ impl IdentityProvider {
         self.shared.discovery_fetches.store(0, Ordering::SeqCst);
         self.shared.jwks_fetches.store(0, Ordering::SeqCst);
         self.shared.token_requests.store(0, Ordering::SeqCst);
+        lock(&self.shared.jwks_fetches_by_client).clear();
     }
 
     // ----- token endpoint -----

@@ -110,11 +110,24 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             };
             // Count every attempt, failed ones included: resilience tests assert on retries.
             counter.fetch_add(1, Ordering::SeqCst);
+            let client = req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|agent| agent.to_str().ok())
+                .and_then(|agent| agent.split(['/', ' ']).next())
+                .unwrap_or_default()
+                .to_owned();
+            if route.endpoint == Endpoint::Jwks {
+                *lock(&shared.jwks_fetches_by_client)
+                    .entry(client.clone())
+                    .or_default() += 1;
+            }
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 return method_not_allowed("GET, HEAD");
             }
             fault_delay(shared).await;
-            if !shared.available.load(Ordering::SeqCst) {
+            let refused = lock(&shared.refused_clients).contains(&client);
+            if refused || !shared.available.load(Ordering::SeqCst) {
                 return json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({ "error": "temporarily_unavailable" }),

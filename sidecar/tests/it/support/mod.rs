@@ -217,6 +217,7 @@ pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
             retry_interval: Duration::from_millis(200),
             miss_cooldown: Duration::from_secs(1),
             fetch_timeout: Duration::from_secs(2),
+            user_agent: tokengate_keys::user_agent("tokengate-sidecar"),
             ..KeySettings::default()
         },
         limits: Limits::default(),
