@@ -1401,6 +1401,19 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
     };
 
     // Operator mode over two refresh intervals and one rotation.
+    let operator_admin = OPERATOR_STARTED
+        .get()
+        .and_then(|started| started.as_ref().ok())
+        .map(|operator| operator.admin)
+        .expect("the shared operator");
+    let delivery = || async {
+        let metrics = admin_get(operator_admin, "/metrics").await;
+        (
+            value(&metrics, "tokengate_key_delivery_seconds_count", &[]),
+            value(&metrics, "tokengate_key_delivery_seconds_sum", &[]),
+        )
+    };
+    let delivered_before = delivery().await;
     idp.reset_counters();
     let run = Instant::now();
     let before = idp.token(Algorithm::RS256);
@@ -1416,6 +1429,14 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
     .await
     .expect("rotation delivered");
     let rotation = rotated_at.elapsed();
+    let delivered_after = delivery().await;
+    let deliveries = delivered_after.0 - delivered_before.0;
+    assert!(deliveries >= 1.0, "the rotation's delivery is measured");
+    eprintln!(
+        "the operator's fetch of the rotated key set -> ConfigMap tokengate-jwks: {:.0} ms on \
+         average over {deliveries} deliveries (tokengate_key_delivery_seconds)",
+        (delivered_after.1 - delivered_before.1) / deliveries * 1000.0
+    );
     let (all, outcomes) = every_pod(before.clone(), "200").await;
     assert!(
         all,

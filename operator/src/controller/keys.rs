@@ -18,6 +18,10 @@ struct HeldSources {
     sources: Vec<Arc<Source>>,
     /// The state of those sources the policy's status last reported.
     reported: u64,
+    /// Whether the bundle delivers them (`keyDelivery` not `Sidecar`).
+    delivered: bool,
+    /// The fetches of those sources the bundle last carried.
+    fetched: u64,
 }
 
 /// Key sources in use, per policy.
@@ -26,15 +30,24 @@ pub struct KeySources {
     held: Mutex<HashMap<ObjectRef<TokenPolicy>, HeldSources>>,
 }
 
-/// A fingerprint of what `KeysResolved` and the delivered keys depend on: which sources have
-/// keys and from which fetch, and their errors. Every successful fetch changes it, so the
-/// bundle carries each refresh (a sidecar goes by the delivered keys' fetch time).
+/// A fingerprint of what `KeysResolved` depends on: which sources have keys, and their errors.
 fn sources_state(sources: &[Arc<Source>], max_stale: Duration) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for source in sources {
+        std::hash::Hash::hash(&source.current(max_stale).is_some(), &mut hasher);
+        std::hash::Hash::hash(&source.last_error(), &mut hasher);
+    }
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// A fingerprint of what the delivered keys depend on: the fetch each source's keys came
+/// from. Every successful fetch changes it, so the bundle carries each refresh (a sidecar
+/// judges staleness by the delivered keys' fetch time).
+fn fetches_state(sources: &[Arc<Source>], max_stale: Duration) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     for source in sources {
         let fetched = source.current(max_stale).map(|keys| keys.fetched_wall);
         std::hash::Hash::hash(&fetched, &mut hasher);
-        std::hash::Hash::hash(&source.last_error(), &mut hasher);
     }
     std::hash::Hasher::finish(&hasher)
 }
@@ -57,6 +70,8 @@ impl KeySources {
         if let Ok(mut held) = self.held.lock() {
             let entry = HeldSources {
                 reported: sources_state(&sources, max_stale),
+                delivered: policy.spec.key_delivery.through_bundle(),
+                fetched: fetches_state(&sources, max_stale),
                 sources: sources.clone(),
             };
             held.insert(ObjectRef::from(policy), entry);
@@ -89,8 +104,10 @@ impl KeySources {
             .collect()
     }
 
-    /// Every `interval`: drops the sources of policies gone from `policies` (ending their
-    /// background refresh) and asks for a reconcile of each policy whose sources changed state.
+    /// After every fetch, and every `interval`: drops the sources of policies gone from
+    /// `policies` (ending their background refresh) and asks for a reconcile of each policy
+    /// whose sources changed state, and of one policy per namespace whose delivered keys were
+    /// fetched again (the bundle is the namespace's: one reconcile renders it for all).
     /// Returns when `changed` is closed.
     pub async fn watch(
         &self,
@@ -99,22 +116,39 @@ impl KeySources {
         changed: UnboundedSender<ObjectRef<TokenPolicy>>,
     ) {
         let mut tick = tokio::time::interval(interval);
+        // A completed fetch is looked at at once (a rotated key set goes out without waiting
+        // for the tick); the tick catches keys going stale and prunes.
+        let mut fetches = self.cache.fetch_events();
         let max_stale = self.cache.settings().max_stale;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = fetches.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
             let live: HashSet<ObjectRef<TokenPolicy>> = policies
                 .state()
                 .iter()
                 .map(|p| ObjectRef::from(p.as_ref()))
                 .collect();
             let mut stale = Vec::new();
+            let mut refetched = HashSet::new();
             if let Ok(mut held) = self.held.lock() {
                 held.retain(|policy, _| live.contains(policy));
                 for (policy, entry) in held.iter_mut() {
                     let state = sources_state(&entry.sources, max_stale);
+                    let fetched = fetches_state(&entry.sources, max_stale);
+                    let refetch = entry.delivered && fetched != entry.fetched;
+                    // Asked once; the reconcile records what it reports.
+                    entry.fetched = fetched;
                     if state != entry.reported {
-                        // Asked once; the reconcile records what it reports.
                         entry.reported = state;
+                        stale.push(policy.clone());
+                        refetched.insert(policy.namespace.clone());
+                    } else if refetch && refetched.insert(policy.namespace.clone()) {
                         stale.push(policy.clone());
                     }
                 }
