@@ -116,7 +116,16 @@ fn fingerprint(values: &[&Value]) -> u64 {
 
 /// Per namespace, the bundle last applied. The async lock also orders bundle writes: a
 /// namespace's facts are read under it, so writes land in the order their facts were read.
-type BundleSlot = Arc<tokio::sync::Mutex<Option<Written>>>;
+type BundleSlot = Arc<tokio::sync::Mutex<BundleWritten>>;
+
+/// What was applied of a namespace's bundle, per object: a key refresh changes only the
+/// delivered keys, and only their ConfigMap is applied again.
+#[derive(Default)]
+struct BundleWritten {
+    policies: Option<Written>,
+    keys: Option<Written>,
+    jwks: Option<Written>,
+}
 
 /// Referenced Secrets' data, read when the Secret store shows a new resourceVersion.
 type SecretEntries = HashMap<(String, String), (String, Secret)>;
@@ -452,7 +461,7 @@ async fn render_bundle(
     let facts = ctx.index.namespace(namespace);
     if facts.policies.is_empty() {
         // The last policy is going: the garbage collector deletes the bundle it owned.
-        *written = None;
+        *written = BundleWritten::default();
         return Ok((facts, BTreeMap::new()));
     }
     let deletions = ctx.index.deletions.count(namespace);
@@ -469,19 +478,36 @@ async fn render_bundle(
     let config_map = with_type_meta(&bundle.config_map, "v1", "ConfigMap")?;
     let secret = with_type_meta(&bundle.secret, "v1", "Secret")?;
     let jwks = with_type_meta(&bundle.jwks, "v1", "ConfigMap")?;
-    let rendered = fingerprint(&[&config_map, &secret, &jwks]);
-    if !Written::covers(written.as_ref(), rendered, ctx.timing.resync, deletions) {
-        let apply = PatchParams::apply(MANAGER).force();
-        // The public keys first: a policy that needs them finds them there when it arrives.
-        Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+    let apply = PatchParams::apply(MANAGER).force();
+    let resync = ctx.timing.resync;
+    let configmaps = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace);
+    // The public keys first: a policy that needs them finds them there when it arrives.
+    let rendered = fingerprint(&[&jwks]);
+    if !Written::covers(written.jwks.as_ref(), rendered, resync, deletions) {
+        configmaps
             .patch(render::JWKS_CONFIG_MAP, &apply, &Patch::Apply(jwks))
             .await
             .map_err(Error::api(format!(
                 "applying ConfigMap {namespace}/{}",
                 render::JWKS_CONFIG_MAP
             )))?;
+        written.jwks = Some(Written::new(rendered, deletions));
         ctx.measure_delivery(namespace, &keys);
-        Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+    }
+    let rendered = fingerprint(&[&secret]);
+    if !Written::covers(written.keys.as_ref(), rendered, resync, deletions) {
+        Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .patch(render::KEYS_SECRET, &apply, &Patch::Apply(secret))
+            .await
+            .map_err(Error::api(format!(
+                "applying Secret {namespace}/{}",
+                render::KEYS_SECRET
+            )))?;
+        written.keys = Some(Written::new(rendered, deletions));
+    }
+    let rendered = fingerprint(&[&config_map]);
+    if !Written::covers(written.policies.as_ref(), rendered, resync, deletions) {
+        configmaps
             .patch(
                 render::POLICIES_CONFIG_MAP,
                 &apply,
@@ -492,14 +518,7 @@ async fn render_bundle(
                 "applying ConfigMap {namespace}/{}",
                 render::POLICIES_CONFIG_MAP
             )))?;
-        Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .patch(render::KEYS_SECRET, &apply, &Patch::Apply(secret))
-            .await
-            .map_err(Error::api(format!(
-                "applying Secret {namespace}/{}",
-                render::KEYS_SECRET
-            )))?;
-        *written = Some(Written::new(rendered, deletions));
+        written.policies = Some(Written::new(rendered, deletions));
     }
     Ok((facts, bundle.secret_problems))
 }
