@@ -10,6 +10,7 @@ mod bundle;
 mod cli;
 mod connections;
 mod entra;
+mod firewall;
 mod raw;
 mod reload;
 mod resilience;
