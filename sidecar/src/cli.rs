@@ -315,8 +315,8 @@ pub async fn run_firewall(args: FirewallArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         port = args.port,
-        install_ms = installed.as_secs_f64() * 1000.0,
-        "pod firewall installed: port {} accepts connections over loopback only",
+        "pod firewall installed in {:.1} ms: port {} accepts connections over loopback only",
+        installed.as_secs_f64() * 1000.0,
         args.port
     );
     Ok(())

@@ -243,9 +243,8 @@ pub enum CanaryState {
 pub async fn canary(wait: Duration) -> io::Result<CanaryState> {
     let socket = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     socket.connect(SocketAddr::V4(CANARY_ADDR)).await?;
-    match socket.send(b"tokengate pod firewall canary").await {
-        Err(err) => return Ok(judge(&err)),
-        Ok(_) => {}
+    if let Err(err) = socket.send(b"tokengate pod firewall canary").await {
+        return Ok(judge(&err));
     }
     let mut buffer = [0u8; 64];
     match tokio::time::timeout(wait, socket.recv(&mut buffer)).await {
