@@ -497,13 +497,17 @@ mod tests {
         found
     }
 
-    /// The messages of a batch: (type, flags, seq, nfgenmsg, body).
-    fn messages(mut data: &[u8]) -> Vec<(u16, u16, u32, [u8; 4], &[u8])> {
+    /// One message of a batch: type, flags, seq, nfgenmsg, body.
+    type Message<'a> = (u16, u16, u32, [u8; 4], &'a [u8]);
+    /// An expression's name and its data attributes.
+    type Expression = (String, Vec<(u16, Vec<u8>)>);
+
+    fn messages(mut data: &[u8]) -> Vec<Message<'_>> {
         let mut found = Vec::new();
         while !data.is_empty() {
             let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
             assert!(
-                len % 4 == 0 && len >= 20 && len <= data.len(),
+                len.is_multiple_of(4) && len >= 20 && len <= data.len(),
                 "length {len}"
             );
             found.push((
@@ -575,7 +579,7 @@ mod tests {
         assert_eq!(text(rule[0].1), "tokengate");
         assert_eq!(text(rule[1].1), "input");
         assert_eq!(rule[2].0, NFTA_RULE_EXPRESSIONS);
-        let expressions: Vec<(String, Vec<(u16, Vec<u8>)>)> = attributes(rule[2].1)
+        let expressions: Vec<Expression> = attributes(rule[2].1)
             .into_iter()
             .map(|(kind, element)| {
                 assert_eq!(kind, NFTA_LIST_ELEM);

@@ -222,10 +222,14 @@ fn plan(
     }
     // With the firewall the kubelet cannot reach the protected port: its probes there go to
     // the sidecar, which runs them over loopback.
-    let (probe_ops, app_probes, taken_over) = if pod_firewall {
+    let ProbesTakenOver {
+        ops: probe_ops,
+        probes: app_probes,
+        taken_over,
+    } = if pod_firewall {
         firewall_probes(spec, &protected)?
     } else {
-        (Vec::new(), Vec::new(), Vec::new())
+        ProbesTakenOver::default()
     };
     if pod.metadata.annotations.is_some() {
         for (key, value) in annotations {
@@ -471,18 +475,10 @@ fn probe_of<'a>(container: &'a Container, field: &str) -> Option<&'a Probe> {
 /// to the sidecar, which runs it on loopback. Probes the sidecar cannot run for the kubelet
 /// (https, gRPC on the protected port) refuse the pod rather than fail for ever. Returns the
 /// patch operations, the probes handed over, and the (container, field) pairs taken over.
-#[allow(clippy::type_complexity)]
 fn firewall_probes(
     spec: &k8s_openapi::api::core::v1::PodSpec,
     protected: &ProtectedPort,
-) -> Result<
-    (
-        Vec<Value>,
-        Vec<contract::AppProbe>,
-        Vec<(usize, &'static str)>,
-    ),
-    String,
-> {
+) -> Result<ProbesTakenOver, String> {
     let mut ops = Vec::new();
     let mut probes = Vec::new();
     let mut taken_over = Vec::new();
@@ -568,7 +564,22 @@ fn firewall_probes(
             taken_over.push((c, field));
         }
     }
-    Ok((ops, probes, taken_over))
+    Ok(ProbesTakenOver {
+        ops,
+        probes,
+        taken_over,
+    })
+}
+
+/// What [`firewall_probes`] changes.
+#[derive(Default)]
+struct ProbesTakenOver {
+    /// The JSON patch operations that point the probes at the sidecar.
+    ops: Vec<Value>,
+    /// The original probes, for the sidecar.
+    probes: Vec<contract::AppProbe>,
+    /// (container index, probe field) of each probe taken over.
+    taken_over: Vec<(usize, &'static str)>,
 }
 
 /// The init container that installs the pod firewall: the sidecar's image, root (capabilities
