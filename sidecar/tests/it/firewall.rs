@@ -75,3 +75,79 @@ async fn the_canary_is_silent_where_no_table_is_installed() {
         .expect("canary");
     assert_eq!(state, CanaryState::Missing);
 }
+
+/// `run --require-pod-firewall` where no rules are in force (this machine's own namespace):
+/// keys alone do not make the sidecar ready; `/ready` says why and the metric says missing.
+/// The application probes handed over answer on the admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_pod_firewall_that_is_missing_keeps_ready_failing() {
+    use http::StatusCode;
+    use tokengate_policy::contract::{AppProbe, AppProbeAction};
+
+    let bench = crate::support::Bench::start_with(
+        |idp| {
+            format!(
+                "  validateJwt:\n    jwksUris: [\"{}\"]\n    issuers: [\"{}\"]\n",
+                idp.jwks_url(),
+                idp.issuer()
+            )
+        },
+        |config| {
+            let port = config.upstream.base.port_u16().expect("echo port");
+            config.pod_firewall = Some(port);
+            config.app_probes = vec![
+                AppProbe {
+                    container: "app".to_owned(),
+                    kind: "readiness".to_owned(),
+                    timeout_seconds: 1,
+                    action: AppProbeAction::HttpGet {
+                        port,
+                        path: "/healthz".to_owned(),
+                        headers: Vec::new(),
+                    },
+                },
+                AppProbe {
+                    container: "app".to_owned(),
+                    kind: "liveness".to_owned(),
+                    timeout_seconds: 1,
+                    action: AppProbeAction::HttpGet {
+                        port,
+                        path: "/healthz".to_owned(),
+                        headers: vec![("X-Echo-Status".to_owned(), "500".to_owned())],
+                    },
+                },
+            ];
+        },
+    )
+    .await;
+    // The keys are there (the gate is ready), the firewall is not.
+    let mut ready = bench.admin_get("/ready").await;
+    for _ in 0..50 {
+        if String::from_utf8_lossy(&ready.body).contains("pod firewall") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ready = bench.admin_get("/ready").await;
+    }
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("the pod firewall's rules for port"), "{body}");
+    assert!(body.contains("tokengate-firewall"), "{body}");
+    assert_eq!(
+        bench.metric("tokengate_pod_firewall", &[("state", "missing")]),
+        1.0
+    );
+    assert_eq!(
+        bench.metric("tokengate_pod_firewall", &[("state", "in_place")]),
+        0.0
+    );
+
+    let passing = bench.admin_get("/app-health/app/readiness").await;
+    assert_eq!(passing.status, StatusCode::OK);
+    assert_eq!(bench.echo.last_request().expect("probed").path, "/healthz");
+    let failing = bench.admin_get("/app-health/app/liveness").await;
+    assert_eq!(failing.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&failing.body).contains("500"));
+    let unknown = bench.admin_get("/app-health/app/startup").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
