@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 /// in etcd.
 const MAX_BODY: usize = 8 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Listing the namespace's policies for overlap warnings must not hold up an admission.
+/// Listing the namespace's policies (overlap warnings; whether a pod gets the pod firewall)
+/// must not hold up an admission.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything the handlers need.
