@@ -78,21 +78,18 @@ impl PodFirewall {
     /// The netlink batch that installs the rules atomically, sequence numbers from `seq`:
     /// batch begin; table (created if missing, so that deleting it cannot fail); table deleted;
     /// table, chain and rules created; batch end. Every message but the batch markers asks for
-    /// an acknowledgement; the second value is how many do.
-    pub fn batch(&self, seq: u32) -> (Vec<u8>, usize) {
+    /// an acknowledgement; the second value is their sequence numbers.
+    pub fn batch(&self, first_seq: u32) -> (Vec<u8>, Vec<u32>) {
         let mut out = Netlink::default();
-        let mut seq = seq;
-        let mut next = || {
-            seq = seq.wrapping_add(1);
-            seq
-        };
-        let mut acked = 0;
+        let mut seq = first_seq;
+        let mut acked = Vec::new();
         let ack = NLM_F_REQUEST | NLM_F_ACK;
 
+        seq = seq.wrapping_add(1);
         out.message(
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
-            next(),
+            seq,
             0,
             NFNL_SUBSYS_NFTABLES,
         );
@@ -102,16 +99,18 @@ impl PodFirewall {
             (NFT_MSG_DELTABLE, ack),
             (NFT_MSG_NEWTABLE, ack | NLM_F_CREATE | NLM_F_EXCL),
         ] {
-            out.message(nft_type(kind), flags, next(), NFPROTO_INET, 0);
+            seq = seq.wrapping_add(1);
+            out.message(nft_type(kind), flags, seq, NFPROTO_INET, 0);
             out.attr_str(NFTA_TABLE_NAME, TABLE);
             out.end();
-            acked += 1;
+            acked.push(seq);
         }
 
+        seq = seq.wrapping_add(1);
         out.message(
             nft_type(NFT_MSG_NEWCHAIN),
             ack | NLM_F_CREATE | NLM_F_EXCL,
-            next(),
+            seq,
             NFPROTO_INET,
             0,
         );
@@ -124,13 +123,14 @@ impl PodFirewall {
         out.attr_u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
         out.attr_str(NFTA_CHAIN_TYPE, "filter");
         out.end();
-        acked += 1;
+        acked.push(seq);
 
         for rule in self.rules() {
+            seq = seq.wrapping_add(1);
             out.message(
                 nft_type(NFT_MSG_NEWRULE),
                 ack | NLM_F_CREATE | NLM_F_APPEND,
-                next(),
+                seq,
                 NFPROTO_INET,
                 0,
             );
@@ -144,13 +144,14 @@ impl PodFirewall {
             }
             out.close(expressions);
             out.end();
-            acked += 1;
+            acked.push(seq);
         }
 
+        seq = seq.wrapping_add(1);
         out.message(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
-            next(),
+            seq,
             0,
             NFNL_SUBSYS_NFTABLES,
         );
@@ -190,14 +191,14 @@ impl PodFirewall {
             ));
         }
         let mut buffer = vec![0u8; 16 * 1024];
-        while awaiting > 0 {
+        while !awaiting.is_empty() {
             let (len, _) = rustix::net::recv(&socket, &mut buffer[..], RecvFlags::empty())
                 .map_err(|e| {
                     FirewallError::Netlink("reading the kernel's answer", io::Error::from(e))
                 })?;
             for answer in acknowledgements(&buffer[..len]) {
                 match answer {
-                    Answer::Ack => awaiting -= 1,
+                    Answer::Ack(seq) => awaiting.retain(|s| *s != seq),
                     Answer::Error(errno) => {
                         return Err(FirewallError::Refused(io::Error::from_raw_os_error(errno)));
                     }
@@ -446,7 +447,8 @@ impl Netlink {
 /// One message of the kernel's answer.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
-    Ack,
+    /// The message with this sequence number was applied.
+    Ack(u32),
     /// A refused message: the errno.
     Error(i32),
     Malformed,
@@ -469,7 +471,7 @@ fn acknowledgements(mut data: &[u8]) -> Vec<Answer> {
             Answer::Malformed
         } else {
             match i32::from_ne_bytes([data[16], data[17], data[18], data[19]]) {
-                0 => Answer::Ack,
+                0 => Answer::Ack(u32::from_ne_bytes([data[8], data[9], data[10], data[11]])),
                 errno => Answer::Error(-errno),
             }
         });
@@ -544,7 +546,7 @@ mod tests {
             assert_eq!(message.3, [NFPROTO_INET, 0, 0, 0]);
             assert_ne!(message.1 & NLM_F_ACK, 0);
         }
-        assert_eq!(acked, 6);
+        assert_eq!(acked, [43, 44, 45, 46, 47, 48]);
         // The first table message may find the table (no EXCL), the second must create it.
         assert_eq!(messages[1].1 & NLM_F_EXCL, 0);
         assert_ne!(messages[3].1 & NLM_F_EXCL, 0);
@@ -662,14 +664,16 @@ mod tests {
             let mut bytes = Vec::new();
             bytes.extend_from_slice(&36u32.to_ne_bytes());
             bytes.extend_from_slice(&kind.to_ne_bytes());
-            bytes.extend_from_slice(&[0; 10]);
+            bytes.extend_from_slice(&[0; 2]);
+            bytes.extend_from_slice(&7u32.to_ne_bytes());
+            bytes.extend_from_slice(&[0; 4]);
             bytes.extend_from_slice(&error.to_ne_bytes());
             bytes.extend_from_slice(&[0; 16]);
             bytes
         };
         let mut two = message(NLMSG_ERROR, 0);
         two.extend(message(NLMSG_ERROR, -1));
-        assert_eq!(acknowledgements(&two), [Answer::Ack, Answer::Error(1)]);
+        assert_eq!(acknowledgements(&two), [Answer::Ack(7), Answer::Error(1)]);
         assert_eq!(acknowledgements(&message(3, 0)), [Answer::Other]);
         let mut short = message(NLMSG_ERROR, 0);
         short[0] = 200;
