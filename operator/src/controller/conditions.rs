@@ -44,7 +44,8 @@ pub struct Observed {
     pub selected_pods: usize,
     pub conflict: Option<Conflict>,
     pub bypasses: Vec<Bypass>,
-    pub private_access: bool,
+    /// The policy renders a NetworkPolicy (privateAccess.networkPolicy).
+    pub network_policy: bool,
     pub key_sources: Vec<KeySourceState>,
 }
 
@@ -81,7 +82,7 @@ impl Observed {
             selected_pods: selected.len(),
             conflict,
             bypasses: render::bypasses(&selected, &facts.services),
-            private_access: render::network_policy(policy).is_some(),
+            network_policy: render::network_policy(policy).is_some(),
             key_sources,
         }
     }
@@ -234,7 +235,7 @@ fn bypass(observed: &Observed) -> Condition {
                 b.service_port,
                 b.app_port,
                 b.target,
-                protection(b, observed.private_access)
+                protection(b, observed.network_policy)
             )
         })
         .collect::<Vec<_>>()
