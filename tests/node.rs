@@ -1128,6 +1128,18 @@ async fn pod_firewall(
         &response,
     )?;
 
+    // The liveness probe, through the sidecar too, never failed the application.
+    let now = pods.get(&vault_name).await?;
+    let app_restarts = now
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "app"))
+        .map(|c| c.restart_count);
+    if app_restarts != Some(0) || !is_ready(&now) {
+        bail!("the vault application restarted ({app_restarts:?}) or is not Ready");
+    }
+
     // The rules are the pod's: the pod relabelled out of the policy's (and its ReplicaSet's)
     // selector and the policy deleted, the application's port stays closed.
     tools.kubectl(&[
