@@ -976,7 +976,19 @@ async fn pod_firewall(
 
     // With it: the policy first, then the application, a Service to the sidecar (by name) and
     // one to the application's port by number (the bypass).
-    tools.apply("vault-policy", &vault_policy_yaml(ns, issuer));
+    // kubectl prints the webhook's warning: the firewall reaches pods created from now on.
+    let manifest = tools.scratch.path().join("vault-policy.yaml");
+    std::fs::write(&manifest, vault_policy_yaml(ns, issuer))?;
+    let applied =
+        tools
+            .kubectl
+            .run_unchecked(["apply", "-f", manifest.to_str().context("UTF-8 path")?])?;
+    if !applied
+        .stderr
+        .contains("podFirewall applies to pods created from now on")
+    {
+        bail!("no warning about running pods: {}", applied.stderr);
+    }
     tools.apply("vault-service", &service_yaml(ns, "vault", 80));
     tools.apply(
         "vault-direct-service",

@@ -147,6 +147,7 @@ impl Webhooks {
             &self.policy_rules,
         );
         warnings.extend(review.warnings);
+        warnings.extend(pod_firewall_warning(policy, request.old_object.as_ref()));
         if !warnings.is_empty() {
             response.warnings = Some(warnings);
         }
@@ -200,6 +201,23 @@ impl Webhooks {
             },
         }
     }
+}
+
+/// A policy that newly asks for the pod firewall: it reaches pods when they are created, so
+/// the ones already running go without it until they are replaced (the `Bypass` condition
+/// counts them). Said at once, where the change is made.
+pub fn pod_firewall_warning(policy: &TokenPolicy, old: Option<&TokenPolicy>) -> Option<String> {
+    let asks = |p: &TokenPolicy| {
+        p.spec
+            .private_access
+            .as_ref()
+            .is_some_and(|a| a.pod_firewall)
+    };
+    (asks(policy) && !old.is_some_and(asks)).then(|| {
+        "privateAccess.podFirewall applies to pods created from now on: pods already running keep \
+         what they have until they are replaced (kubectl rollout restart)"
+            .to_owned()
+    })
 }
 
 /// Whether any live TokenPolicy that selects `pod` asks for `privateAccess.podFirewall`. Any,
@@ -457,6 +475,11 @@ mod tests {
             .expect("policy")
         };
         assert!(wants_pod_firewall(&pod, &[policy("a", "orders", true)]));
+        let (on, off) = (policy("a", "orders", true), policy("a", "orders", false));
+        assert!(pod_firewall_warning(&on, None).is_some_and(|w| w.contains("rollout restart")));
+        assert!(pod_firewall_warning(&on, Some(&off)).is_some());
+        assert!(pod_firewall_warning(&on, Some(&on)).is_none());
+        assert!(pod_firewall_warning(&off, None).is_none());
         assert!(!wants_pod_firewall(&pod, &[policy("a", "orders", false)]));
         assert!(!wants_pod_firewall(&pod, &[policy("a", "billing", true)]));
         assert!(wants_pod_firewall(
