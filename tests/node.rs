@@ -169,6 +169,43 @@ impl Tools {
     }
 }
 
+impl Tools {
+    /// One request with `tokengate-echo request` from container `container` of pod `pod`:
+    /// status and whole response, or what the client printed when no response came (a refused
+    /// or reset connection).
+    fn try_request_from(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> std::result::Result<(u16, String), String> {
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec![
+            "exec",
+            "-n",
+            namespace,
+            pod,
+            "-c",
+            container,
+            "--",
+            "/usr/local/bin/entrypoint",
+            "request",
+            "--timeout",
+            "5",
+            url,
+        ];
+        if let Some(header) = &authorization {
+            args.extend(["-H", header]);
+        }
+        match self.kubectl.run_unchecked(&args) {
+            Ok(output) => Ok((status_of(&output.stdout), output.stdout)),
+            Err(err) => Err(format!("{err:#}")),
+        }
+    }
+}
+
 fn status_of(response: &str) -> u16 {
     response
         .split_whitespace()
@@ -898,7 +935,318 @@ async fn scenario(node: &NodeCluster) -> Result<()> {
     )?;
     let (status, response) = tools.request_from_client_pod(ns, &url, Some(&entra_token));
     ensure_status(status, 200, "an Entra token, from a pod", &response)?;
+
+    pod_firewall(&client, &tools, ns, &issuer, &token).await
+}
+
+/// `privateAccess.podFirewall`: the application's port closed to everything but the pod itself,
+/// by the pod's own nftables rules, whatever the CNI. The `orders` pod (NetworkPolicy only,
+/// which this node does not enforce) is the control: straight to its pod IP the application
+/// answers. The `vault` pod, of a policy with the pod firewall, refuses the same connection,
+/// the bypass Service too, while the sidecar, the probes and the application's own outbound
+/// calls work; and its rules stay when the pod loses its labels and the policy is deleted.
+async fn pod_firewall(
+    client: &kube::Client,
+    tools: &Tools,
+    ns: &str,
+    issuer: &str,
+    token: &str,
+) -> Result<()> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+
+    // Without the pod firewall: the application's port answers anyone who connects.
+    let orders = ready_pod(&pods, "orders").await;
+    if has_init_container(&orders, contract::FIREWALL_CONTAINER) {
+        bail!("the orders pod has the pod firewall although its policy does not ask for it");
+    }
+    let direct = format!("http://{}:8080/orders", pod_ip(&orders));
+    let (status, response) = tools
+        .try_request_from(ns, "client", "client", &direct, None)
+        .map_err(|e| {
+            anyhow!("without the pod firewall the application's port did not answer: {e}")
+        })?;
+    ensure_status(
+        status,
+        200,
+        "straight to the application's port, no token, without the pod firewall",
+        &response,
+    )?;
+    eprintln!("pod firewall off: {direct} from a client pod answered {status}, around the sidecar");
+
+    // With it: the policy first, then the application, a Service to the sidecar (by name) and
+    // one to the application's port by number (the bypass).
+    // kubectl prints the webhook's warning: the firewall reaches pods created from now on.
+    let manifest = tools.scratch.path().join("vault-policy.yaml");
+    std::fs::write(&manifest, vault_policy_yaml(ns, issuer))?;
+    let applied =
+        tools
+            .kubectl
+            .run_unchecked(["apply", "-f", manifest.to_str().context("UTF-8 path")?])?;
+    if !applied
+        .stderr
+        .contains("podFirewall applies to pods created from now on")
+    {
+        bail!("no warning about running pods: {}", applied.stderr);
+    }
+    tools.apply("vault-service", &service_yaml(ns, "vault", 80));
+    tools.apply(
+        "vault-direct-service",
+        &bypass_service_yaml(ns, "vault-direct", "vault"),
+    );
+    let applied = Instant::now();
+    tools.apply("vault", &app_yaml(ns, "vault"));
+    tools.rollout(ns, "vault");
+    let ready_after = applied.elapsed();
+    let vault = ready_pod(&pods, "vault").await;
+    let vault_name = vault.metadata.name.clone().context("pod name")?;
+    if !has_init_container(&vault, contract::FIREWALL_CONTAINER) {
+        bail!("the vault pod was not given the pod firewall");
+    }
+    let (started, finished) = init_container_times(&vault, contract::FIREWALL_CONTAINER)
+        .ok_or_else(|| anyhow!("the firewall init container has not run to completion"))?;
+    let rules = tools.kubectl(&[
+        "logs",
+        "-n",
+        ns,
+        &vault_name,
+        "-c",
+        contract::FIREWALL_CONTAINER,
+    ]);
+    eprintln!(
+        "pod firewall: Deployment applied -> pod Ready {:.1}s; init container {} ran {started} -> \
+         {finished}; it printed:\n{rules}",
+        ready_after.as_secs_f64(),
+        contract::FIREWALL_CONTAINER,
+    );
+    if !rules.contains("iifname != \"lo\" tcp dport 8080 reject with tcp reset") {
+        bail!("the firewall printed other rules: {rules}");
+    }
+    // Probes on the protected port go through the sidecar, and pass: the pod is Ready.
+    let app = vault
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == "app"))
+        .ok_or_else(|| anyhow!("no app container"))?;
+    let probe_path = app
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.path.clone());
+    if probe_path.as_deref() != Some("/app-health/app/readiness") {
+        bail!("the readiness probe does not go through the sidecar: {probe_path:?}");
+    }
+    let vault_ip = pod_ip(&vault);
+    let (status, ready) = http(
+        &format!("{vault_ip}:{}", contract::SIDECAR_ADMIN_PORT),
+        contract::SIDECAR_READY_PATH,
+        &[],
+    )
+    .await;
+    ensure_status(status, 200, "the sidecar's /ready", &ready)?;
+    if !ready.contains("pod firewall: in place (port 8080)") {
+        bail!("/ready does not report the pod firewall: {ready}");
+    }
+    let exposition = scrape(&vault_ip, contract::SIDECAR_ADMIN_PORT).await;
+    if metrics::value(
+        &exposition,
+        "tokengate_pod_firewall",
+        &[("state", "in_place")],
+    ) != 1.0
+    {
+        bail!("tokengate_pod_firewall does not say in_place: {exposition}");
+    }
+    let sidecar_log = tools.kubectl(&[
+        "logs",
+        "-n",
+        ns,
+        &vault_name,
+        "-c",
+        contract::SIDECAR_CONTAINER,
+    ]);
+    let line = sidecar_log
+        .lines()
+        .find(|l| l.contains("pod firewall in place"))
+        .ok_or_else(|| anyhow!("the sidecar did not log the pod firewall: {sidecar_log}"))?;
+    eprintln!("sidecar: {line}");
+
+    // Through the Service and the sidecar's port, tokens are enforced as before.
+    let vault_service = format!("{}:80", cluster_ip(&services, "vault").await);
+    let (status, response) = until_status(&vault_service, "/healthz", None, 200).await;
+    ensure_status(status, 200, "the open route of vault", &response)?;
+    let url = format!("http://{vault_service}/vault");
+    let (status, response) = tools.request_from_client_pod(ns, &url, None);
+    ensure_status(status, 401, "vault, no token, from a pod", &response)?;
+    let (status, response) = tools.request_from_client_pod(ns, &url, Some(token));
+    ensure_status(status, 200, "vault, a token, from a pod", &response)?;
+    let sidecar_port = format!("http://{vault_ip}:{}/vault", contract::SIDECAR_PROXY_PORT);
+    let (status, response) = tools.request_from_client_pod(ns, &sidecar_port, Some(token));
+    ensure_status(status, 200, "vault's sidecar port, a token", &response)?;
+    let (status, response) = tools.request_from_client_pod(ns, &sidecar_port, None);
+    ensure_status(status, 401, "vault's sidecar port, no token", &response)?;
+
+    // Straight to the application's port: refused, from a pod and from the node.
+    let direct = format!("http://{vault_ip}:8080/vault");
+    match tools.try_request_from(ns, "client", "client", &direct, None) {
+        Ok((status, response)) => {
+            bail!("with the pod firewall {direct} still answered {status}: {response}")
+        }
+        Err(err) if err.contains("refused") || err.contains("reset") => {
+            eprintln!("pod firewall on: {direct} from a client pod: connection refused");
+        }
+        Err(err) => bail!("{direct} failed, but not as refused: {err}"),
+    }
+    let (status, response) = http(&format!("{vault_ip}:8080"), "/vault", &[]).await;
+    if status != 0 {
+        bail!("the node reached the application around the sidecar: {response}");
+    }
+    // The Service that targets the port by number (the bypass) reaches nothing.
+    let bypass = format!(
+        "http://{}:80/vault",
+        cluster_ip(&services, "vault-direct").await
+    );
+    if let Ok((status, response)) = tools.try_request_from(ns, "client", "client", &bypass, None) {
+        bail!("the bypass Service still reaches the application ({status}): {response}");
+    }
+    // The operator says so.
+    let mut message = String::new();
+    wait_until(TIMEOUT, "the Bypass condition of vault", || {
+        let found = tools.kubectl(&[
+            "get",
+            "tokenpolicy",
+            "vault",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Bypass\")].message}",
+        ]);
+        let done = found.contains("vault-direct") && found.contains("protected by pod firewall");
+        message = found;
+        async move { Ok(done) }
+    })
+    .await
+    .with_context(|| format!("last Bypass message: {message}"))?;
+    eprintln!("Bypass: {message}");
+
+    // The application's own outbound calls still work (here: the identity provider).
+    let outbound = format!("{issuer}/.well-known/openid-configuration");
+    let (status, response) = tools
+        .try_request_from(ns, &vault_name, "app", &outbound, None)
+        .map_err(|e| anyhow!("the application's outbound call failed: {e}"))?;
+    ensure_status(
+        status,
+        200,
+        "the application's own outbound call",
+        &response,
+    )?;
+
+    // The liveness probe, through the sidecar too, never failed the application.
+    let now = pods.get(&vault_name).await?;
+    let app_restarts = now
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "app"))
+        .map(|c| c.restart_count);
+    if app_restarts != Some(0) || !is_ready(&now) {
+        bail!("the vault application restarted ({app_restarts:?}) or is not Ready");
+    }
+
+    // The rules are the pod's: the pod relabelled out of the policy's (and its ReplicaSet's)
+    // selector and the policy deleted, the application's port stays closed.
+    tools.kubectl(&[
+        "label",
+        "pod",
+        "-n",
+        ns,
+        &vault_name,
+        "app=retired",
+        "--overwrite",
+    ]);
+    tools.kubectl(&["delete", "tokenpolicy", "vault", "-n", ns, "--wait=true"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match tools.try_request_from(ns, "client", "client", &direct, None) {
+        Ok((status, response)) => {
+            bail!("after the labels and the policy went, {direct} answered {status}: {response}")
+        }
+        Err(err) if err.contains("refused") || err.contains("reset") => {
+            eprintln!("labels and policy removed: {direct} still refused while the pod lives")
+        }
+        Err(err) => bail!("{direct} failed, but not as refused: {err}"),
+    }
+    let live = pods.get(&vault_name).await?;
+    if live.metadata.deletion_timestamp.is_some() || pod_ip(&live) != vault_ip {
+        bail!("the relabelled pod is not the same live pod");
+    }
     Ok(())
+}
+
+fn has_init_container(pod: &Pod, name: &str) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == name))
+}
+
+/// When the init container `name` started and finished, as the kubelet reports them.
+fn init_container_times(pod: &Pod, name: &str) -> Option<(String, String)> {
+    let status = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)?;
+    let terminated = status.state.as_ref()?.terminated.as_ref()?;
+    if terminated.exit_code != 0 {
+        return None;
+    }
+    Some((
+        terminated.started_at.as_ref()?.0.to_string(),
+        terminated.finished_at.as_ref()?.0.to_string(),
+    ))
+}
+
+/// A TokenPolicy for `app=vault` with the pod firewall (and no NetworkPolicy).
+fn vault_policy_yaml(namespace: &str, issuer: &str) -> String {
+    format!(
+        "apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: vault
+  namespace: {namespace}
+spec:
+  selector:
+    matchLabels: {{app: vault}}
+  validateJwt:
+    openidConfigs:
+      - url: {issuer}/.well-known/openid-configuration
+    audiences: [{audience}]
+    issuers: [{issuer}]
+  rules:
+    - {{paths: [\"/healthz\"], authentication: Disabled}}
+  privateAccess:
+    podFirewall: true
+",
+        audience = tokengate_testkit::idp::DEFAULT_AUDIENCE,
+    )
+}
+
+/// A Service `name` to the pods of `app` that targets the application's port by number: the
+/// path around the sidecar that the operator reports as `Bypass`.
+fn bypass_service_yaml(namespace: &str, name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  selector: {{app: {app}}}
+  ports:
+    - {{name: direct, port: 80, targetPort: 8080}}
+"
+    )
 }
 
 fn ensure_status(got: u16, want: u16, what: &str, response: &str) -> Result<()> {

@@ -335,6 +335,19 @@ pub struct Bypass {
     pub app_port: i32,
     /// How the Service names its target (a number, or a name still on the app container).
     pub target: String,
+    /// The policy's pods the Service sends there.
+    pub pods: usize,
+    /// Those of them with the pod firewall (its init container), which refuses the path.
+    pub firewalled: usize,
+}
+
+/// Whether the pod was given the pod firewall at creation (its init container): the rules are
+/// the pod's for its whole life, whatever happens to its labels or policies later.
+pub fn has_pod_firewall(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .any(|c| c.name == contract::FIREWALL_CONTAINER)
 }
 
 /// The ports of a pod the sidecar protects: on an injected pod the port the webhook recorded
@@ -398,7 +411,7 @@ fn protected_ports(pod: &Pod) -> BTreeSet<i32> {
 /// reaches the application instead of the sidecar: by number, or by a name that is still the
 /// application container's (the port name moves to the sidecar on injection).
 pub fn bypasses(selected: &[&Pod], services: &[Service]) -> Vec<Bypass> {
-    let mut found = BTreeSet::new();
+    let mut found: BTreeMap<(String, String, i32, String), (usize, usize)> = BTreeMap::new();
     for service in services {
         let Some(spec) = &service.spec else { continue };
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
@@ -432,17 +445,32 @@ pub fn bypasses(selected: &[&Pod], services: &[Service]) -> Vec<Bypass> {
                     }
                 };
                 if protected.contains(&app_port) {
-                    found.insert(Bypass {
-                        service: service.name_any(),
-                        service_port: port.name.clone().unwrap_or_else(|| port.port.to_string()),
+                    let key = (
+                        service.name_any(),
+                        port.name.clone().unwrap_or_else(|| port.port.to_string()),
                         app_port,
                         target,
-                    });
+                    );
+                    let counts = found.entry(key).or_default();
+                    counts.0 += 1;
+                    counts.1 += usize::from(has_pod_firewall(pod));
                 }
             }
         }
     }
-    found.into_iter().collect()
+    found
+        .into_iter()
+        .map(
+            |((service, service_port, app_port, target), (pods, firewalled))| Bypass {
+                service,
+                service_port,
+                app_port,
+                target,
+                pods,
+                firewalled,
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

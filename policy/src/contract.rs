@@ -55,6 +55,69 @@ pub const SIDECAR_LIVE_PATH: &str = "/live";
 /// verify tokens).
 pub const SIDECAR_READY_PATH: &str = "/ready";
 
+/// Name of the init container that installs the pod firewall (`privateAccess.podFirewall`):
+/// the sidecar's image run as `firewall --port <app port>`, with `NET_ADMIN` and nothing else,
+/// before the native sidecar starts.
+pub const FIREWALL_CONTAINER: &str = "tokengate-firewall";
+/// Annotation the webhook puts on pods it gives the pod firewall: the port the firewall closes
+/// to everything but loopback. Informational; the init container is what counts.
+pub const POD_FIREWALL_ANNOTATION: &str = "tokengate.dev/pod-firewall";
+/// Environment variable through which the webhook hands the sidecar the application's probes
+/// it took over ([`AppProbe`] list as JSON), when the pod firewall keeps the kubelet off the
+/// application's port.
+pub const APP_PROBES_ENV: &str = "TOKENGATE_APP_PROBES";
+/// Prefix of the sidecar's admin paths that run an application probe:
+/// `/app-health/<container>/<liveness|readiness|startup>` ([`app_probe_path`]).
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
+
+/// The arguments of the firewall init container (after the program name).
+pub fn firewall_args(app_port: u16) -> Vec<String> {
+    vec![
+        "firewall".to_owned(),
+        "--port".to_owned(),
+        app_port.to_string(),
+    ]
+}
+
+/// The sidecar's flag that makes `/ready` wait for the pod firewall's rules on `app_port`.
+pub fn require_pod_firewall_arg(app_port: u16) -> String {
+    format!("--require-pod-firewall={app_port}")
+}
+
+/// An application probe the kubelet sends to the sidecar's admin port instead (the pod
+/// firewall refuses the kubelet on the application's port); the sidecar runs it against the
+/// application on loopback and answers 200 or 503.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProbe {
+    pub container: String,
+    /// `liveness`, `readiness` or `startup`.
+    pub kind: String,
+    /// The probe's `timeoutSeconds` (the kubelet's default 1 when unset).
+    pub timeout_seconds: u32,
+    pub action: AppProbeAction,
+}
+
+/// What an [`AppProbe`] checks, on 127.0.0.1.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AppProbeAction {
+    /// An HTTP GET (plain http): success is a status from 200 to 399.
+    HttpGet {
+        port: u16,
+        path: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
+    },
+    /// A TCP connection.
+    TcpSocket { port: u16 },
+}
+
+/// The admin path of an application probe.
+pub fn app_probe_path(container: &str, kind: &str) -> String {
+    format!("{APP_HEALTH_PREFIX}{container}/{kind}")
+}
+
 /// The new name of the application's protected port once the sidecar has taken its name over:
 /// Services that target the old name reach the sidecar, and nothing reaches the application by
 /// name any more. Valid as a port name (at most 15 characters).

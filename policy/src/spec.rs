@@ -665,14 +665,28 @@ pub enum UnderscoreHeaders {
     Keep,
 }
 
-/// Make the application reachable only through the sidecar.
+/// Make the application reachable only through the sidecar: with a NetworkPolicy (enforced by
+/// the CNI), with the pod's own firewall (enforced in the pod), or both. Neither is on by
+/// default.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateAccess {
     /// Render a NetworkPolicy that admits ingress to the selected pods only on the sidecar's
-    /// ports.
+    /// ports. Needs a CNI that enforces NetworkPolicy; without one it does nothing.
     #[serde(default)]
     pub network_policy: bool,
+
+    /// Give pods created from now on a firewall of their own: an init container (the sidecar's
+    /// image, with capability NET_ADMIN and nothing else, before the sidecar starts) installs
+    /// nftables rules in the pod's network namespace so that the application's protected port
+    /// accepts connections only from the pod itself (the sidecar, over loopback). Works with
+    /// any CNI; the sidecar's /ready fails until the rules are in force. The rules belong to
+    /// the pod: later label or policy changes do not remove them. Namespaces that enforce Pod
+    /// Security `restricted` (or `baseline`) refuse NET_ADMIN: use networkPolicy there, or
+    /// exempt the namespace. Kubelet probes on the protected port are sent to the sidecar,
+    /// which runs them against the application over loopback.
+    #[serde(default)]
+    pub pod_firewall: bool,
 
     /// Further pod ports left open, such as an application's own metrics port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -3,6 +3,8 @@
 //! answers "why is my pod not ready") and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +18,19 @@ pub struct Readiness {
     pub detail: String,
 }
 
+/// An answer the process computes itself, asynchronously.
+pub type AdminFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
 /// The process-specific half of the admin server.
 pub trait AdminState: Send + Sync + 'static {
     fn readiness(&self) -> Readiness;
     /// The metrics in the Prometheus text exposition format.
     fn metrics(&self) -> String;
+    /// Paths the process answers itself (the sidecar's application probes); `None` for the
+    /// standard ones.
+    fn route(&self, _path: &str) -> Option<AdminFuture> {
+        None
+    }
 }
 
 /// Serves plain HTTP/1.1 on `listener` for ever. No bodies are read and nothing is kept per
@@ -35,8 +45,18 @@ pub async fn serve_admin<S: AdminState>(listener: tokio::net::TcpListener, state
         let state = Arc::clone(&state);
         let service =
             hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let response = respond(request.uri().path(), &*state);
-                async move { Ok::<_, Infallible>(response) }
+                let path = request.uri().path();
+                let answer = match state.route(path) {
+                    Some(routed) => Err(routed),
+                    None => Ok(respond(path, &*state)),
+                };
+                async move {
+                    let response = match answer {
+                        Ok(response) => response,
+                        Err(routed) => routed.await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()

@@ -7,6 +7,6 @@ pub mod logging;
 pub mod metrics;
 pub mod signals;
 
-pub use admin::{AdminState, Readiness, serve_admin};
+pub use admin::{AdminFuture, AdminState, Readiness, serve_admin};
 pub use logging::{LogFormat, init_logging};
 pub use signals::wait_for_signal;

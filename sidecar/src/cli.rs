@@ -42,6 +42,17 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Explain the decision for one token, check by check.
     Check(CheckArgs),
+    /// Install the pod firewall in this network namespace (the injected init container; needs
+    /// NET_ADMIN): the application's port accepts connections only over loopback. Prints the
+    /// rules installed.
+    Firewall(FirewallArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FirewallArgs {
+    /// The application's port, closed to everything but loopback.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +150,17 @@ pub struct RunArgs {
     /// Time allowed for the application's response headers.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// The pod firewall (`tokengate-sidecar firewall`) is expected to close this application
+    /// port: /ready fails until its rules are in force, and the sidecar says so in its log and
+    /// in metric tokengate_pod_firewall.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub require_pod_firewall: Option<u16>,
+
+    /// Application probes the sidecar runs on the application's behalf, served on the admin
+    /// port at /app-health/<container>/<kind> (JSON, as the webhook writes it).
+    #[arg(long, env = tokengate_policy::contract::APP_PROBES_ENV, value_parser = parse_app_probes, default_value = "[]", hide_default_value = true)]
+    pub app_probes: AppProbes,
 
     /// Threads serving requests. 0: the CPUs the sidecar may use (its CPU affinity and cgroup
     /// CPU limit), at most 2, since a sidecar shares its pod's CPU with the application. With
@@ -263,8 +285,44 @@ impl RunArgs {
             token_cache_entries: self.token_cache_entries,
             startup: self.startup,
             startup_timeout: self.startup_timeout,
+            pod_firewall: self.require_pod_firewall,
+            app_probes: self.app_probes.0,
         }
     }
+}
+
+/// The `--app-probes` list.
+#[derive(Clone, Debug, Default)]
+pub struct AppProbes(pub Vec<contract::AppProbe>);
+
+fn parse_app_probes(text: &str) -> Result<AppProbes, String> {
+    serde_json::from_str(text)
+        .map(AppProbes)
+        .map_err(|e| format!("not a list of application probes: {e}"))
+}
+
+/// Runs `firewall`: installs the rules, prints them, and checks that they answer.
+pub async fn run_firewall(args: FirewallArgs) -> anyhow::Result<()> {
+    let firewall = crate::firewall::PodFirewall { port: args.port };
+    let started = std::time::Instant::now();
+    firewall.install().context("installing the pod firewall")?;
+    let installed = started.elapsed();
+    print!("{}", firewall.nft_text());
+    let state = crate::firewall::canary(Duration::from_secs(2))
+        .await
+        .context("checking the pod firewall's canary")?;
+    if state != crate::firewall::CanaryState::InPlace {
+        anyhow::bail!(
+            "the rules were accepted but the canary rule does not answer: the pod firewall is not in force"
+        );
+    }
+    tracing::info!(
+        port = args.port,
+        "pod firewall installed in {:.1} ms: port {} accepts connections over loopback only",
+        installed.as_secs_f64() * 1000.0,
+        args.port
+    );
+    Ok(())
 }
 
 /// Runs `check`; `Ok(true)` when the token is allowed.

@@ -3,6 +3,7 @@
 //! application beside it.
 
 pub mod active;
+pub mod app_probe;
 pub mod authenticate;
 pub mod boundary;
 pub mod bundle;
@@ -10,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod connections;
 pub mod extract;
+pub mod firewall;
 pub mod gate;
 pub mod load;
 pub mod metrics;

@@ -10,7 +10,7 @@ fn main() {
             args.worker_threads,
             std::thread::available_parallelism().ok().map(usize::from),
         ),
-        Command::Check(_) => 1,
+        Command::Check(_) | Command::Firewall(_) => 1,
     };
     let runtime = match cli::runtime(workers) {
         Ok(runtime) => runtime,
@@ -36,6 +36,13 @@ fn main() {
                     }
                 }
             }
+            Command::Firewall(args) => match cli::run_firewall(args).await {
+                Ok(()) => exit::OK,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    exit::FAILURE
+                }
+            },
             Command::Check(args) => match cli::run_check(args).await {
                 Ok(true) => exit::OK,
                 Ok(false) => exit::FAILURE,

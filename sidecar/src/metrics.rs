@@ -32,6 +32,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Client connections the sidecar closed itself, by reason.
     pub connections_closed: IntCounterVec,
+    /// With `--require-pod-firewall`: 1 for the pod firewall's current state (`in_place` or
+    /// `missing`), 0 for the other; no series without it.
+    pub pod_firewall: IntGaugeVec,
     /// The request series of the policy in force, resolved once per policy rather than looked
     /// up by label values on every request.
     decisions: ArcSwapOption<PolicyDecisions>,
@@ -142,6 +145,14 @@ impl Metrics {
         registry.register(Box::new(policy_conflicts.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
+        let pod_firewall = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_pod_firewall",
+                "The pod firewall's rules, as the sidecar last found them (required pods only)",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(pod_firewall.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -154,6 +165,7 @@ impl Metrics {
             policy_conflicts,
             connections,
             connections_closed,
+            pod_firewall,
             decisions: ArcSwapOption::empty(),
         })
     }

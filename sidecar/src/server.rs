@@ -16,6 +16,7 @@ use tokengate_runtime::{AdminState, Readiness, serve_admin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app_probe::AppProbes;
 use crate::connections::{ConnectionLimits, Connections, TrackedBody, connections_that_fit};
 use crate::gate::{Gate, Startup, StartupMode};
 use crate::metrics::Metrics;
@@ -73,6 +74,11 @@ pub struct SidecarConfig {
     pub startup: StartupMode,
     /// How long requests may wait for keys at startup (`StartupMode::Wait`).
     pub startup_timeout: Duration,
+    /// `--require-pod-firewall`: the application port the pod firewall must close; not ready
+    /// until it does.
+    pub pod_firewall: Option<u16>,
+    /// Application probes run on the kubelet's behalf on the admin port.
+    pub app_probes: Vec<tokengate_policy::contract::AppProbe>,
 }
 
 /// A started sidecar. Dropping it does not stop it; call [`Running::shutdown`].
@@ -185,11 +191,18 @@ pub async fn start(config: SidecarConfig) -> anyhow::Result<Running> {
         config.reload_interval,
         shutdown.subscribe(),
     ));
+    let firewall = config.pod_firewall.map(|port| {
+        let watch = Arc::new(FirewallWatch::new(port));
+        tokio::spawn(Arc::clone(&watch).run(Arc::clone(&metrics), shutdown.subscribe()));
+        watch
+    });
     let admin_task = tokio::spawn(serve_admin(
         admin_listener,
         Arc::new(SidecarAdmin {
             gate: Arc::clone(&gate),
             metrics: Arc::clone(&metrics),
+            firewall,
+            probes: Arc::new(AppProbes::new(config.app_probes)),
         }),
     ));
     Ok(Running {
@@ -291,15 +304,132 @@ fn is_ready(gate: &Gate) -> bool {
 struct SidecarAdmin {
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
+    firewall: Option<Arc<FirewallWatch>>,
+    probes: Arc<AppProbes>,
 }
 
 impl AdminState for SidecarAdmin {
     fn readiness(&self) -> Readiness {
-        readiness(&self.gate)
+        let readiness = readiness(&self.gate);
+        let Some(firewall) = &self.firewall else {
+            return readiness;
+        };
+        if firewall.in_place() {
+            return Readiness {
+                ready: readiness.ready,
+                detail: format!(
+                    "{}pod firewall: in place (port {})\n",
+                    readiness.detail, firewall.port
+                ),
+            };
+        }
+        Readiness {
+            ready: false,
+            detail: format!(
+                "not ready: the pod firewall's rules for port {} are not in force (the {} init \
+                 container installs them)\n{}",
+                firewall.port,
+                tokengate_policy::contract::FIREWALL_CONTAINER,
+                readiness.detail
+            ),
+        }
     }
 
     fn metrics(&self) -> String {
         self.metrics.render()
+    }
+
+    fn route(&self, path: &str) -> Option<tokengate_runtime::AdminFuture> {
+        if !path.starts_with(tokengate_policy::contract::APP_HEALTH_PREFIX) {
+            return None;
+        }
+        let probe = self.probes.get(path).cloned();
+        Some(Box::pin(async move {
+            let (status, body) = match probe {
+                None => (
+                    http::StatusCode::NOT_FOUND,
+                    "no such application probe\n".to_owned(),
+                ),
+                Some(probe) => match crate::app_probe::run(&probe).await {
+                    Ok(detail) => (http::StatusCode::OK, format!("{detail}\n")),
+                    Err(detail) => {
+                        tracing::debug!(container = %probe.container, kind = %probe.kind, %detail, "application probe failed");
+                        (http::StatusCode::SERVICE_UNAVAILABLE, format!("{detail}\n"))
+                    }
+                },
+            };
+            let mut response =
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *response.status_mut() = status;
+            response
+        }))
+    }
+}
+
+/// The pod firewall as the sidecar sees it, through its canary rule (the sidecar has no
+/// capability to read nf_tables): checked every second until in place, then every ten.
+struct FirewallWatch {
+    port: u16,
+    in_place: std::sync::atomic::AtomicBool,
+}
+
+impl FirewallWatch {
+    fn new(port: u16) -> Self {
+        Self {
+            port,
+            in_place: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn in_place(&self) -> bool {
+        self.in_place.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn run(self: Arc<Self>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+        use crate::firewall::{CanaryState, canary};
+        let mut reported: Option<bool> = None;
+        loop {
+            let state = canary(Duration::from_millis(500)).await;
+            let in_place = matches!(state, Ok(CanaryState::InPlace));
+            self.in_place
+                .store(in_place, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .pod_firewall
+                .with_label_values(&["in_place"])
+                .set(i64::from(in_place));
+            metrics
+                .pod_firewall
+                .with_label_values(&["missing"])
+                .set(i64::from(!in_place));
+            if reported != Some(in_place) {
+                match (&state, in_place) {
+                    (_, true) => tracing::info!(
+                        port = self.port,
+                        "pod firewall in place (port {}): the application accepts connections over loopback only",
+                        self.port
+                    ),
+                    (Err(err), false) => tracing::error!(
+                        port = self.port,
+                        error = %err,
+                        "pod firewall cannot be checked; not ready"
+                    ),
+                    (Ok(_), false) => tracing::error!(
+                        port = self.port,
+                        "pod firewall required but its rules are not in force; not ready"
+                    ),
+                }
+                reported = Some(in_place);
+            }
+            let pause = if in_place {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -238,6 +238,112 @@ entra_mode_over_https() {
     log "ok: Entra mode over https with the trust bundle"
 }
 
+# node.rs: pod_firewall. privateAccess.podFirewall: the vault application's own port is closed
+# by its pod's nftables rules (the tokengate-firewall init container), whatever the CNI; the
+# sidecar's ports, the probes and its outbound calls still work; the Service that targets the
+# port by number reaches nothing; the rules stay when the pod loses its labels and the policy
+# is deleted. (The "without it" control is network_policy_enforced's: the provider's pod IP.)
+pod_firewall() {
+    k apply -f - <<EOF
+apiVersion: tokengate.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: vault
+  namespace: $APP_NAMESPACE
+spec:
+  selector:
+    matchLabels: {app: vault}
+  validateJwt:
+    openidConfigs:
+      - url: "$ISSUER/.well-known/openid-configuration"
+    audiences: ["$AUDIENCE"]
+    issuers: ["$ISSUER"]
+  rules:
+    - {paths: ["/healthz"], authentication: Disabled}
+  privateAccess:
+    podFirewall: true
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: vault
+  namespace: $APP_NAMESPACE
+spec:
+  selector: {app: vault}
+  ports:
+    - {name: http, port: 80, targetPort: http}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: vault-direct
+  namespace: $APP_NAMESPACE
+spec:
+  selector: {app: vault}
+  ports:
+    - {name: direct, port: 80, targetPort: $APP_PORT}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: vault
+  namespace: $APP_NAMESPACE
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: vault}
+  template:
+    metadata:
+      labels: {app: vault}
+    spec:
+      containers:
+        - name: app
+          image: $ECHO_IMAGE
+          imagePullPolicy: Never
+          args: ["--listen", "0.0.0.0:$APP_PORT"]
+          ports:
+            - {name: http, containerPort: $APP_PORT}
+          readinessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 2
+          livenessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 5
+EOF
+    k rollout status deployment/vault -n "$APP_NAMESPACE" --timeout="${TIMEOUT}s"
+    local pod ip out vault_url="http://vault.$APP_NAMESPACE.svc.cluster.local"
+    pod="$(k get pods -n "$APP_NAMESPACE" -l app=vault -o jsonpath='{.items[0].metadata.name}')"
+    ip="$(pod_field "$pod" '{.status.podIP}')"
+    k logs -n "$APP_NAMESPACE" "$pod" -c tokengate-firewall
+    [[ "$(pod_field "$pod" '{.spec.containers[0].readinessProbe.httpGet.path}')" == /app-health/app/readiness ]] ||
+        die "the readiness probe of $pod does not go through the sidecar"
+    eventually_status 200 request "$vault_url/healthz"
+    expect_status 401 request "$vault_url/vault"
+    expect_status 200 request "$vault_url/vault" "$TOKEN"
+    expect_status 200 request "http://$ip:$SIDECAR_PROXY_PORT/vault" "$TOKEN"
+    if out="$(in_client curl -sS -i --max-time 5 "http://$ip:$APP_PORT/vault" 2>&1)"; then
+        die "the application answered on $ip:$APP_PORT around the sidecar: $(redact "$out")"
+    fi
+    if out="$(in_client curl -sS -i --max-time 5 "http://vault-direct.$APP_NAMESPACE.svc.cluster.local/vault" 2>&1)"; then
+        die "the bypass Service reached the application: $(redact "$out")"
+    fi
+    k exec -n "$APP_NAMESPACE" "$pod" -c app -- "$TEST_IMAGE_BINARY" request "$ISSUER/.well-known/openid-configuration" |
+        head -n 1 | grep -q ' 200' || die "the application's own outbound call failed"
+    wait_for "$TIMEOUT" "the Bypass condition of vault to name the pod firewall" bypass_names_pod_firewall
+    k label pod "$pod" -n "$APP_NAMESPACE" app=retired --overwrite
+    k delete tokenpolicy vault -n "$APP_NAMESPACE" --wait=true
+    sleep 3
+    if out="$(in_client curl -sS -i --max-time 5 "http://$ip:$APP_PORT/vault" 2>&1)"; then
+        die "after the labels and the policy went, $ip:$APP_PORT answered: $(redact "$out")"
+    fi
+    log "ok: the pod firewall closes $ip:$APP_PORT, and keeps it closed while the pod lives"
+}
+
+bypass_names_pod_firewall() {
+    k get tokenpolicy vault -n "$APP_NAMESPACE" \
+        -o jsonpath='{.status.conditions[?(@.type=="Bypass")].message}' | grep -q 'protected by pod firewall'
+}
+
 main() {
     require
     trap on_exit EXIT
@@ -257,6 +363,7 @@ main() {
     run_step sidecar_killed_and_restarted
     run_step network_policy_enforced
     run_step entra_mode_over_https
+    run_step pod_firewall
     log "all steps passed"
 }
 

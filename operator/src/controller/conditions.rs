@@ -47,7 +47,8 @@ pub struct Observed {
     pub selected_pods: usize,
     pub conflict: Option<Conflict>,
     pub bypasses: Vec<Bypass>,
-    pub private_access: bool,
+    /// The policy renders a NetworkPolicy (privateAccess.networkPolicy).
+    pub network_policy: bool,
     pub key_sources: Vec<KeySourceState>,
 }
 
@@ -84,7 +85,7 @@ impl Observed {
             selected_pods: selected.len(),
             conflict,
             bypasses: render::bypasses(&selected, &facts.services),
-            private_access: render::network_policy(policy).is_some(),
+            network_policy: render::network_policy(policy).is_some(),
             key_sources,
         }
     }
@@ -240,26 +241,56 @@ fn bypass(observed: &Observed) -> Condition {
         .iter()
         .map(|b| {
             format!(
-                "Service {} port {} sends traffic to application port {} by {}",
-                b.service, b.service_port, b.app_port, b.target
+                "Service {} port {} sends traffic to application port {} by {}: {}",
+                b.service,
+                b.service_port,
+                b.app_port,
+                b.target,
+                protection(b, observed.network_policy)
             )
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let consequence = if observed.private_access {
-        "the NetworkPolicy blocks that path, so it fails closed"
-    } else {
-        "that path skips token validation"
-    };
     new_condition(
         condition::BYPASS,
         bool_status(true),
         reason::SERVICE_TARGETS_APP_PORT,
         format!(
-            "{found}: {consequence}. Fix: make the Service target the port by name \
+            "{found}. Fix: make the Service target the port by name \
              (targetPort: <port name>), which the sidecar takes over on injection"
         ),
     )
+}
+
+/// Which protection is in force on one bypassing path: the policy's NetworkPolicy (where the
+/// CNI enforces NetworkPolicy), the pod firewall of the pods behind it, both, or none.
+fn protection(bypass: &Bypass, network_policy: bool) -> String {
+    let firewall = match (bypass.firewalled, bypass.pods) {
+        (0, _) => None,
+        (f, p) if f == p => Some("the pod firewall refuses it".to_string()),
+        (f, p) => Some(format!(
+            "the pod firewall refuses it on {f} of {p} pods (the others were created without it)"
+        )),
+    };
+    let all_firewalled = bypass.firewalled == bypass.pods && bypass.pods > 0;
+    match (network_policy, firewall) {
+        (true, Some(firewall)) => format!(
+            "protected by NetworkPolicy and pod firewall: {firewall}, and the NetworkPolicy where \
+             the CNI enforces it"
+        ),
+        (true, None) => "protected by NetworkPolicy: it blocks that path where the CNI enforces \
+                         NetworkPolicy, so it fails closed there"
+            .to_string(),
+        (false, Some(firewall)) if all_firewalled => {
+            format!("protected by pod firewall: {firewall}, so it fails closed")
+        }
+        (false, Some(firewall)) => {
+            format!(
+                "partly protected by pod firewall: {firewall}; on the others that path skips token validation"
+            )
+        }
+        (false, None) => "no protection in force: that path skips token validation".to_string(),
+    }
 }
 
 /// The status that `observed` calls for at `now`. A condition whose status is unchanged from
@@ -543,6 +574,77 @@ mod tests {
             bypass.message.contains("skips token validation"),
             "{}",
             bypass.message
+        );
+    }
+
+    #[test]
+    fn the_bypass_condition_names_the_protection_in_force() {
+        let services = json!([{"metadata": {"name": "direct"},
+            "spec": {"selector": {"app": "orders"}, "ports": [{"port": 80, "targetPort": 8080}]}}]);
+        let with_firewall = |pod: &mut Pod| {
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.init_containers = Some(vec![k8s_openapi::api::core::v1::Container {
+                    name: tokengate_policy::contract::FIREWALL_CONTAINER.to_string(),
+                    ..Default::default()
+                }]);
+            }
+        };
+        let message = |network_policy: bool, firewalled: bool| {
+            let mut policy = orders("a", T0);
+            policy.spec.private_access = Some(tokengate_policy::spec::PrivateAccess {
+                network_policy,
+                pod_firewall: firewalled,
+                open_ports: Vec::new(),
+            });
+            let mut namespace = facts(&[&policy], services.clone());
+            if firewalled {
+                namespace.pods.iter_mut().for_each(with_firewall);
+            }
+            let observed = Observed::gather(&policy, &namespace, Vec::new(), fetched());
+            find(&status(&observed, None, at(T0)), "Bypass")
+                .message
+                .clone()
+        };
+        let cases = [
+            (
+                false,
+                false,
+                "no protection in force: that path skips token validation",
+            ),
+            (true, false, "protected by NetworkPolicy: "),
+            (
+                false,
+                true,
+                "protected by pod firewall: the pod firewall refuses it, so it fails closed",
+            ),
+            (true, true, "protected by NetworkPolicy and pod firewall"),
+        ];
+        for (network_policy, firewall, expected) in cases {
+            let message = message(network_policy, firewall);
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains("Service direct port 80"), "{message}");
+        }
+
+        // Some pods without it (created before the policy asked): said, with the count.
+        let mut policy = orders("a", T0);
+        policy.spec.private_access = Some(tokengate_policy::spec::PrivateAccess {
+            pod_firewall: true,
+            ..Default::default()
+        });
+        let mut namespace = facts(&[&policy], services);
+        let mut second = namespace.pods[0].clone();
+        second.metadata.name = Some("orders-2".to_string());
+        with_firewall(&mut second);
+        namespace.pods.push(second);
+        let observed = Observed::gather(&policy, &namespace, Vec::new(), fetched());
+        let message = find(&status(&observed, None, at(T0)), "Bypass")
+            .message
+            .clone();
+        assert!(
+            message.contains(
+                "partly protected by pod firewall: the pod firewall refuses it on 1 of 2 pods"
+            ),
+            "{message}"
         );
     }
 

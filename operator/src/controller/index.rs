@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
-use tokengate_policy::TokenPolicy;
+use tokengate_policy::{TokenPolicy, contract};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
@@ -581,13 +581,16 @@ async fn reflect<K>(
 /// deletion, phase, and each container's name and ports. Pods change their status all the
 /// time; with the rest dropped, such updates compare equal and trigger nothing.
 pub fn pod_facts(pod: Pod) -> Pod {
-    let annotations = pod.metadata.annotations.and_then(|mut all| {
-        let ports = all.remove(render::PORTS_ANNOTATION)?;
-        Some(BTreeMap::from([(
-            render::PORTS_ANNOTATION.to_string(),
-            ports,
-        )]))
+    // The ports annotation, and on an injected pod the port the webhook recorded (the names
+    // have moved to the sidecar by then).
+    let annotations = pod.metadata.annotations.map(|all| {
+        all.into_iter()
+            .filter(|(key, _)| {
+                key == render::PORTS_ANNOTATION || key == contract::UPSTREAM_PORT_ANNOTATION
+            })
+            .collect::<BTreeMap<_, _>>()
     });
+    let annotations = annotations.filter(|a| !a.is_empty());
     Pod {
         metadata: ObjectMeta {
             name: pod.metadata.name,
@@ -607,6 +610,19 @@ pub fn pod_facts(pod: Pod) -> Pod {
                     ..Container::default()
                 })
                 .collect(),
+            // Only the pod firewall's, by name: whether the pod has it.
+            init_containers: spec
+                .init_containers
+                .map(|all| {
+                    all.into_iter()
+                        .filter(|c| c.name == contract::FIREWALL_CONTAINER)
+                        .map(|c| Container {
+                            name: c.name,
+                            ..Container::default()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .filter(|c| !c.is_empty()),
             ..PodSpec::default()
         }),
         status: pod.status.map(|status| PodStatus {

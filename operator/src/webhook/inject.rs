@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe,
+    DownwardAPIVolumeSource, EnvVar, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use tokengate_policy::contract;
@@ -87,11 +88,35 @@ struct ProtectedPort {
 
 const OPT_OUT_HINT: &str = "or opt the pod out with label tokengate.dev/inject=false";
 
+/// Decides what happens to a pod created in `namespace`, without the pod firewall.
+pub fn inject(pod: &Pod, namespace: &str, settings: &InjectSettings) -> Injection {
+    inject_with(pod, namespace, settings, false)
+}
+
 /// Decides what happens to a pod created in `namespace`. The webhook configuration's selectors
 /// decide which pods are sent here (namespace label or pod label); this decides the rest.
-pub fn inject(pod: &Pod, namespace: &str, settings: &InjectSettings) -> Injection {
+/// `pod_firewall`: a TokenPolicy that selects the pod asks for `privateAccess.podFirewall`,
+/// so the pod gets the firewall's init container and its probes on the protected port go
+/// through the sidecar.
+pub fn inject_with(
+    pod: &Pod,
+    namespace: &str,
+    settings: &InjectSettings,
+    pod_firewall: bool,
+) -> Injection {
+    if let Some(skip) = skip(pod, namespace, settings) {
+        return Injection::Skip(skip);
+    }
+    match plan(pod, settings, pod_firewall) {
+        Ok((patch, port)) => Injection::Inject { patch, port },
+        Err(message) => Injection::Refuse(message),
+    }
+}
+
+/// Why the pod is left alone, if it is: then nothing else about it needs to be known.
+pub fn skip(pod: &Pod, namespace: &str, settings: &InjectSettings) -> Option<Skip> {
     if settings.excluded_namespaces.iter().any(|n| n == namespace) {
-        return Injection::Skip(Skip::ExcludedNamespace);
+        return Some(Skip::ExcludedNamespace);
     }
     let labels = pod.metadata.labels.as_ref();
     if labels
@@ -99,25 +124,27 @@ pub fn inject(pod: &Pod, namespace: &str, settings: &InjectSettings) -> Injectio
         .map(String::as_str)
         == Some("false")
     {
-        return Injection::Skip(Skip::OptedOut);
+        return Some(Skip::OptedOut);
     }
-    let Some(spec) = &pod.spec else {
-        return Injection::Refuse("the pod has no spec".to_owned());
-    };
-    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    let init_containers = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
     if init_containers
         .iter()
         .any(|c| c.name == contract::SIDECAR_CONTAINER)
     {
-        return Injection::Skip(Skip::AlreadyInjected);
+        return Some(Skip::AlreadyInjected);
     }
-    match plan(pod, settings) {
-        Ok((patch, port)) => Injection::Inject { patch, port },
-        Err(message) => Injection::Refuse(message),
-    }
+    None
 }
 
-fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16), String> {
+fn plan(
+    pod: &Pod,
+    settings: &InjectSettings,
+    pod_firewall: bool,
+) -> Result<(json_patch::Patch, u16), String> {
     let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
     if spec.host_network == Some(true) {
         return Err(format!(
@@ -125,15 +152,18 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
              cannot stand in front of the application; drop hostNetwork {OPT_OUT_HINT}"
         ));
     }
-    if spec
-        .containers
-        .iter()
-        .any(|c| c.name == contract::SIDECAR_CONTAINER)
-    {
-        return Err(format!(
-            "a container is already named {}, the name of the injected sidecar; rename it {OPT_OUT_HINT}",
-            contract::SIDECAR_CONTAINER
-        ));
+    for name in [contract::SIDECAR_CONTAINER, contract::FIREWALL_CONTAINER] {
+        if spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == name)
+        {
+            return Err(format!(
+                "a container is already named {name}, the name of a container tokengate injects; \
+                 rename it {OPT_OUT_HINT}"
+            ));
+        }
     }
     let all_containers = spec
         .containers
@@ -182,7 +212,7 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
     }
 
     let mut ops: Vec<Value> = Vec::new();
-    let annotations = [
+    let mut annotations = vec![
         (
             contract::SIDECAR_VERSION_ANNOTATION,
             settings.sidecar.version.clone(),
@@ -192,6 +222,23 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
             protected.number.to_string(),
         ),
     ];
+    if pod_firewall {
+        annotations.push((
+            contract::POD_FIREWALL_ANNOTATION,
+            protected.number.to_string(),
+        ));
+    }
+    // With the firewall the kubelet cannot reach the protected port: its probes there go to
+    // the sidecar, which runs them over loopback.
+    let ProbesTakenOver {
+        ops: probe_ops,
+        probes: app_probes,
+        taken_over,
+    } = if pod_firewall {
+        firewall_probes(spec, &protected)?
+    } else {
+        ProbesTakenOver::default()
+    };
     if pod.metadata.annotations.is_some() {
         for (key, value) in annotations {
             ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(key)), "value": value}));
@@ -233,6 +280,7 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
                 c,
                 name,
                 protected.number,
+                &taken_over,
             ));
         }
         if protected.host_port.is_some_and(|p| p > 0) {
@@ -240,12 +288,43 @@ fn plan(pod: &Pod, settings: &InjectSettings) -> Result<(json_patch::Patch, u16)
         }
     }
 
-    let sidecar = sidecar_container(&protected, &settings.sidecar);
+    ops.extend(probe_ops);
+
+    let mut sidecar = sidecar_container(&protected, &settings.sidecar);
+    if pod_firewall {
+        sidecar
+            .args
+            .get_or_insert_with(Vec::new)
+            .push(contract::require_pod_firewall_arg(protected.number));
+        if !app_probes.is_empty() {
+            let probes = serde_json::to_string(&app_probes)
+                .map_err(|e| format!("writing the application probes: {e}"))?;
+            sidecar.env = Some(vec![EnvVar {
+                name: contract::APP_PROBES_ENV.to_owned(),
+                value: Some(probes),
+                value_from: None,
+            }]);
+        }
+    }
     let sidecar = serde_json::to_value(sidecar).map_err(|e| format!("writing the sidecar: {e}"))?;
-    if spec.init_containers.is_some() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/-", "value": sidecar}));
-    } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+    let firewall = pod_firewall
+        .then(|| serde_json::to_value(firewall_container(protected.number, &settings.sidecar)))
+        .transpose()
+        .map_err(|e| format!("writing the firewall container: {e}"))?;
+    match (spec.init_containers.is_some(), firewall) {
+        (true, firewall) => {
+            // The firewall first, before any container of the pod listens.
+            if let Some(firewall) = firewall {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": firewall}));
+            }
+            ops.push(json!({"op": "add", "path": "/spec/initContainers/-", "value": sidecar}));
+        }
+        (false, Some(firewall)) => ops.push(
+            json!({"op": "add", "path": "/spec/initContainers", "value": [firewall, sidecar]}),
+        ),
+        (false, None) => {
+            ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+        }
     }
     let volumes = volumes(settings.sidecar.tuning.trust_bundle.as_ref());
     let volumes = serde_json::to_value(volumes).map_err(|e| format!("writing volumes: {e}"))?;
@@ -382,10 +461,187 @@ fn protected_port(pod: &Pod) -> Result<ProtectedPort, String> {
     }
 }
 
+/// The probe fields of a container, with their kind as the sidecar's admin path names it.
+const PROBES: [(&str, &str); 3] = [
+    ("livenessProbe", "liveness"),
+    ("readinessProbe", "readiness"),
+    ("startupProbe", "startup"),
+];
+
+fn probe_of<'a>(container: &'a Container, field: &str) -> Option<&'a Probe> {
+    match field {
+        "livenessProbe" => container.liveness_probe.as_ref(),
+        "readinessProbe" => container.readiness_probe.as_ref(),
+        "startupProbe" => container.startup_probe.as_ref(),
+        _ => None,
+    }
+}
+
+/// With the pod firewall: every httpGet and tcpSocket probe of the pod's containers that
+/// reaches the protected port (by number, or by its name in the container that declares it)
+/// is pointed at the sidecar's admin port, `/app-health/<container>/<kind>`; the original goes
+/// to the sidecar, which runs it on loopback. Probes the sidecar cannot run for the kubelet
+/// (https, gRPC on the protected port) refuse the pod rather than fail for ever. Returns the
+/// patch operations, the probes handed over, and the (container, field) pairs taken over.
+fn firewall_probes(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    protected: &ProtectedPort,
+) -> Result<ProbesTakenOver, String> {
+    let mut ops = Vec::new();
+    let mut probes = Vec::new();
+    let mut taken_over = Vec::new();
+    for (c, container) in spec.containers.iter().enumerate() {
+        let declares = protected.declared.is_some_and(|(dc, _)| dc == c);
+        let reaches = |port: &IntOrString| match port {
+            IntOrString::Int(n) => *n == i32::from(protected.number),
+            IntOrString::String(name) => declares && protected.name.as_deref() == Some(name),
+        };
+        for (field, kind) in PROBES {
+            let Some(probe) = probe_of(container, field) else {
+                continue;
+            };
+            let what = || format!("the {kind} probe of container {}", container.name);
+            if probe
+                .grpc
+                .as_ref()
+                .is_some_and(|g| g.port == i32::from(protected.number))
+            {
+                return Err(format!(
+                    "{} is a gRPC probe on the protected port {}, which the pod firewall \
+                     (privateAccess.podFirewall) closes to the kubelet and the sidecar cannot run \
+                     for it: probe another port, or use privateAccess.networkPolicy instead",
+                    what(),
+                    protected.number
+                ));
+            }
+            let action = if let Some(get) = probe.http_get.as_ref().filter(|g| reaches(&g.port)) {
+                if get.host.as_deref().is_some_and(|h| !h.is_empty()) {
+                    continue; // another host: not this pod's port
+                }
+                if get
+                    .scheme
+                    .as_deref()
+                    .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
+                {
+                    return Err(format!(
+                        "{} uses https on the protected port {}, which the pod firewall \
+                         (privateAccess.podFirewall) closes to the kubelet; the sidecar runs \
+                         plain-http probes only: probe over http, or use \
+                         privateAccess.networkPolicy instead",
+                        what(),
+                        protected.number
+                    ));
+                }
+                contract::AppProbeAction::HttpGet {
+                    port: protected.number,
+                    path: get.path.clone().unwrap_or_else(|| "/".to_owned()),
+                    headers: get
+                        .http_headers
+                        .iter()
+                        .flatten()
+                        .map(|h| (h.name.clone(), h.value.clone()))
+                        .collect(),
+                }
+            } else if probe.tcp_socket.as_ref().is_some_and(|t| reaches(&t.port)) {
+                contract::AppProbeAction::TcpSocket {
+                    port: protected.number,
+                }
+            } else {
+                continue;
+            };
+            let timeout = probe.timeout_seconds.unwrap_or(1).max(1);
+            probes.push(contract::AppProbe {
+                container: container.name.clone(),
+                kind: kind.to_owned(),
+                timeout_seconds: u32::try_from(timeout).unwrap_or(1),
+                action,
+            });
+            let mut through_sidecar = probe.clone();
+            through_sidecar.tcp_socket = None;
+            through_sidecar.http_get = Some(HTTPGetAction {
+                path: Some(contract::app_probe_path(&container.name, kind)),
+                port: IntOrString::Int(i32::from(contract::SIDECAR_ADMIN_PORT)),
+                ..HTTPGetAction::default()
+            });
+            // The sidecar gives the application the probe's own timeout; the kubelet waits a
+            // second longer for the sidecar's answer.
+            through_sidecar.timeout_seconds = Some(timeout + 1);
+            let value = serde_json::to_value(through_sidecar)
+                .map_err(|e| format!("writing {}: {e}", what()))?;
+            ops.push(json!({"op": "replace", "path": format!("/spec/containers/{c}/{field}"), "value": value}));
+            taken_over.push((c, field));
+        }
+    }
+    Ok(ProbesTakenOver {
+        ops,
+        probes,
+        taken_over,
+    })
+}
+
+/// What [`firewall_probes`] changes.
+#[derive(Default)]
+struct ProbesTakenOver {
+    /// The JSON patch operations that point the probes at the sidecar.
+    ops: Vec<Value>,
+    /// The original probes, for the sidecar.
+    probes: Vec<contract::AppProbe>,
+    /// (container index, probe field) of each probe taken over.
+    taken_over: Vec<(usize, &'static str)>,
+}
+
+/// The init container that installs the pod firewall: the sidecar's image, root (capabilities
+/// of a non-root process are not effective without ambient ones) with `NET_ADMIN` and nothing
+/// else, no privilege escalation, a read-only root filesystem.
+fn firewall_container(port: u16, settings: &SidecarSettings) -> Container {
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ]))
+    };
+    Container {
+        name: contract::FIREWALL_CONTAINER.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(contract::firewall_args(port)),
+        resources: Some(ResourceRequirements {
+            requests: quantities("10m", "8Mi"),
+            limits: quantities("100m", "32Mi"),
+            claims: None,
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: Some(vec!["NET_ADMIN".to_owned()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
 /// Probes and lifecycle hooks of `container` (index `c`) that name the port `name`: rewritten
 /// to its number, since the name now belongs to the sidecar and kubelet resolves a probe's
-/// named port in the probe's own container.
-fn probe_rewrites(container: &Container, c: usize, name: &str, number: u16) -> Vec<Value> {
+/// named port in the probe's own container. Probes in `taken_over` go through the sidecar
+/// instead.
+fn probe_rewrites(
+    container: &Container,
+    c: usize,
+    name: &str,
+    number: u16,
+    taken_over: &[(usize, &str)],
+) -> Vec<Value> {
     let names_port = |port: &IntOrString| matches!(port, IntOrString::String(n) if n == name);
     let mut ops = Vec::new();
     let mut rewrite = |path: String| {
@@ -398,6 +654,9 @@ fn probe_rewrites(container: &Container, c: usize, name: &str, number: u16) -> V
     ];
     for (field, probe) in probes {
         let Some(probe) = probe else { continue };
+        if taken_over.contains(&(c, field)) {
+            continue;
+        }
         if probe.http_get.as_ref().is_some_and(|a| names_port(&a.port)) {
             rewrite(format!("/spec/containers/{c}/{field}/httpGet/port"));
         }
@@ -975,6 +1234,192 @@ mod tests {
             app.ports.as_deref().expect("ports")[0].name.as_deref(),
             Some("metrics")
         );
+    }
+
+    fn with_firewall(pod: &Pod) -> Pod {
+        match inject_with(pod, "shop", &settings(), true) {
+            Injection::Inject { patch, .. } => apply(pod, &patch),
+            other => panic!("expected an injection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pod_firewall_runs_first_with_net_admin_only_and_the_sidecar_waits_for_it() {
+        let input = pod(json!({
+            "metadata": {"name": "orders", "labels": {"app": "orders"}},
+            "spec": {
+                "initContainers": [{"name": "migrate", "image": "orders"}],
+                "containers": [{"name": "app", "image": "orders",
+                    "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9100}]}]},
+        }));
+        let patched = with_firewall(&input);
+        let spec = patched.spec.as_ref().expect("spec");
+        let init: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            init,
+            [
+                contract::FIREWALL_CONTAINER,
+                "migrate",
+                contract::SIDECAR_CONTAINER
+            ]
+        );
+        let firewall = &spec.init_containers.as_ref().expect("init")[0];
+        assert_eq!(
+            firewall.image.as_deref(),
+            Some("registry.example/tokengate-sidecar:0.1.0")
+        );
+        assert_eq!(
+            firewall.args.as_deref(),
+            Some(contract::firewall_args(8080).as_slice())
+        );
+        assert!(firewall.restart_policy.is_none(), "runs to completion");
+        let security = firewall.security_context.as_ref().expect("securityContext");
+        let capabilities = security.capabilities.as_ref().expect("capabilities");
+        assert_eq!(
+            capabilities.drop.as_deref(),
+            Some(["ALL".to_owned()].as_slice())
+        );
+        assert_eq!(
+            capabilities.add.as_deref(),
+            Some(["NET_ADMIN".to_owned()].as_slice())
+        );
+        assert_eq!(security.run_as_user, Some(0));
+        assert_eq!(security.run_as_non_root, Some(false));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.privileged, Some(false));
+        let guarded = sidecar(&patched);
+        assert!(
+            guarded
+                .args
+                .iter()
+                .flatten()
+                .any(|a| *a == contract::require_pod_firewall_arg(8080)),
+            "{:?}",
+            guarded.args
+        );
+        let annotations = patched.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[contract::POD_FIREWALL_ANNOTATION], "8080");
+        // Idempotent, and without the firewall nothing of it is there.
+        assert!(matches!(
+            inject_with(&patched, "shop", &settings(), true),
+            Injection::Skip(Skip::AlreadyInjected)
+        ));
+        let (_, plain) = injected(&input);
+        assert!(!crate::render::has_pod_firewall(&plain));
+        assert!(crate::render::has_pod_firewall(&patched));
+        assert!(
+            !sidecar(&plain)
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a.contains("firewall"))
+        );
+    }
+
+    #[test]
+    fn with_the_pod_firewall_probes_on_the_protected_port_go_through_the_sidecar() {
+        let input = pod(json!({
+            "metadata": {"name": "orders"},
+            "spec": {"containers": [
+                {"name": "app", "image": "orders",
+                 "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9100}],
+                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http",
+                     "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "periodSeconds": 1},
+                 "livenessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 3},
+                 "startupProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}}},
+                {"name": "worker", "image": "worker",
+                 "readinessProbe": {"exec": {"command": ["true"]}}}]},
+        }));
+        let patched = with_firewall(&input);
+        let app = &patched.spec.as_ref().expect("spec").containers[0];
+        let readiness = app.readiness_probe.as_ref().expect("readiness");
+        let get = readiness.http_get.as_ref().expect("httpGet");
+        assert_eq!(get.path.as_deref(), Some("/app-health/app/readiness"));
+        assert_eq!(
+            get.port,
+            IntOrString::Int(i32::from(contract::SIDECAR_ADMIN_PORT))
+        );
+        assert!(get.http_headers.is_none());
+        assert_eq!(readiness.period_seconds, Some(1), "the rest stays");
+        let liveness = app.liveness_probe.as_ref().expect("liveness");
+        assert!(liveness.tcp_socket.is_none());
+        assert_eq!(
+            liveness.http_get.as_ref().and_then(|g| g.path.as_deref()),
+            Some("/app-health/app/liveness")
+        );
+        assert_eq!(liveness.timeout_seconds, Some(4));
+        // Another port: the firewall leaves it open, the probe stays.
+        let startup = app.startup_probe.as_ref().expect("startup");
+        assert_eq!(
+            startup.http_get.as_ref().map(|g| g.port.clone()),
+            Some(IntOrString::String("metrics".to_owned()))
+        );
+        let worker = &patched.spec.as_ref().expect("spec").containers[1];
+        assert!(
+            worker
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.exec.as_ref())
+                .is_some()
+        );
+
+        // The sidecar gets the originals, by the paths the kubelet now asks.
+        let env = sidecar(&patched).env.clone().unwrap_or_default();
+        let probes = env
+            .iter()
+            .find(|e| e.name == contract::APP_PROBES_ENV)
+            .and_then(|e| e.value.as_deref())
+            .expect("probes");
+        let probes: Vec<contract::AppProbe> = serde_json::from_str(probes).expect("JSON");
+        assert_eq!(
+            probes,
+            [
+                contract::AppProbe {
+                    container: "app".to_owned(),
+                    kind: "liveness".to_owned(),
+                    timeout_seconds: 3,
+                    action: contract::AppProbeAction::TcpSocket { port: 8080 },
+                },
+                contract::AppProbe {
+                    container: "app".to_owned(),
+                    kind: "readiness".to_owned(),
+                    timeout_seconds: 1,
+                    action: contract::AppProbeAction::HttpGet {
+                        port: 8080,
+                        path: "/healthz".to_owned(),
+                        headers: vec![("X-Probe".to_owned(), "1".to_owned())],
+                    },
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn probes_the_sidecar_cannot_run_refuse_a_pod_firewall_pod() {
+        for probe in [
+            json!({"grpc": {"port": 8080}}),
+            json!({"httpGet": {"path": "/", "port": 8080, "scheme": "HTTPS"}}),
+        ] {
+            let input = pod(json!({
+                "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}],
+                    "readinessProbe": probe}]},
+            }));
+            let Injection::Refuse(message) = inject_with(&input, "shop", &settings(), true) else {
+                panic!("expected a refusal for {probe}");
+            };
+            assert!(message.contains("privateAccess.networkPolicy"), "{message}");
+            // Without the firewall the kubelet reaches the port: injected as before.
+            assert!(matches!(
+                inject(&input, "shop", &settings()),
+                Injection::Inject { .. }
+            ));
+        }
     }
 
     /// The operator's bypass detection agrees with the webhook: after injection a Service that

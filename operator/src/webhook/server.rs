@@ -19,7 +19,7 @@ use tokengate_policy::TokenPolicy;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::inject::{InjectSettings, Injection, Skip, inject};
+use super::inject::{InjectSettings, Injection, Skip, inject_with, skip};
 use super::validate::{PolicyRules, review_policy};
 use super::{INJECT_PATH, VALIDATE_PATH};
 use crate::metrics::Metrics;
@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 /// in etcd.
 const MAX_BODY: usize = 8 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Listing the namespace's policies for overlap warnings must not hold up an admission.
+/// Listing the namespace's policies (overlap warnings; whether a pod gets the pod firewall)
+/// must not hold up an admission.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything the handlers need.
@@ -40,9 +41,13 @@ pub struct Webhooks {
 }
 
 /// The mutating webhook's answer to one request, and its `result` metric label.
+/// `pod_firewall`: whether a TokenPolicy selecting the pod asks for the pod firewall, or why
+/// that could not be found out (then the pod is refused: injecting without the firewall it may
+/// need would be silently wrong; the pod's controller retries).
 pub fn review_pod(
     request: &AdmissionRequest<Pod>,
     settings: &InjectSettings,
+    pod_firewall: Result<bool, String>,
 ) -> (AdmissionResponse, &'static str) {
     let response = AdmissionResponse::from(request);
     if request.operation != Operation::Create {
@@ -65,7 +70,21 @@ pub fn review_pod(
         .clone()
         .or_else(|| pod.metadata.generate_name.clone())
         .unwrap_or_default();
-    match inject(pod, &namespace, settings) {
+    let pod_firewall = match pod_firewall {
+        Ok(firewall) => firewall,
+        Err(message) if skip(pod, &namespace, settings).is_none() => {
+            tracing::warn!(%namespace, pod = %pod_name, %message, "pod refused: its TokenPolicies are unknown");
+            return (
+                response.deny(format!(
+                    "tokengate cannot inject this pod now: whether a TokenPolicy asks for its pod \
+                     firewall is unknown ({message}); try again"
+                )),
+                "error",
+            );
+        }
+        Err(_) => false,
+    };
+    match inject_with(pod, &namespace, settings, pod_firewall) {
         Injection::Skip(reason) => {
             let reason = match reason {
                 Skip::OptedOut => "opted out",
@@ -128,6 +147,7 @@ impl Webhooks {
             &self.policy_rules,
         );
         warnings.extend(review.warnings);
+        warnings.extend(pod_firewall_warning(policy, request.old_object.as_ref()));
         if !warnings.is_empty() {
             response.warnings = Some(warnings);
         }
@@ -146,10 +166,33 @@ impl Webhooks {
         }
     }
 
+    /// Whether a TokenPolicy of the pod's namespace that selects it asks for the pod firewall.
+    /// Asked of the API server on each injection (a few per second at most: pods are created
+    /// by controllers at their pace), so that a policy created just before its pods is seen;
+    /// a watch cache could lag behind that. Pods left alone are not looked up.
+    async fn pod_firewall(&self, request: &AdmissionRequest<Pod>) -> Result<bool, String> {
+        let Some(pod) = request.object.as_ref() else {
+            return Ok(false);
+        };
+        let namespace = request
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_default();
+        if request.operation != Operation::Create || skip(pod, &namespace, &self.inject).is_some() {
+            return Ok(false);
+        }
+        let policies = self.namespace_policies(&namespace).await?;
+        Ok(wants_pod_firewall(pod, &policies))
+    }
+
     async fn handle(&self, path: &str, body: &[u8]) -> (AdmissionResponse, &'static str) {
         match path {
             INJECT_PATH => match parse::<Pod>(body) {
-                Ok(request) => review_pod(&request, &self.inject),
+                Ok(request) => {
+                    let firewall = self.pod_firewall(&request).await;
+                    review_pod(&request, &self.inject, firewall)
+                }
                 Err(message) => (AdmissionResponse::invalid(message), "error"),
             },
             _ => match parse::<TokenPolicy>(body) {
@@ -158,6 +201,39 @@ impl Webhooks {
             },
         }
     }
+}
+
+/// A policy that newly asks for the pod firewall: it reaches pods when they are created, so
+/// the ones already running go without it until they are replaced (the `Bypass` condition
+/// counts them). Said at once, where the change is made.
+pub fn pod_firewall_warning(policy: &TokenPolicy, old: Option<&TokenPolicy>) -> Option<String> {
+    let asks = |p: &TokenPolicy| {
+        p.spec
+            .private_access
+            .as_ref()
+            .is_some_and(|a| a.pod_firewall)
+    };
+    (asks(policy) && !old.is_some_and(asks)).then(|| {
+        "privateAccess.podFirewall applies to pods created from now on: pods already running keep \
+         what they have until they are replaced (kubectl rollout restart)"
+            .to_owned()
+    })
+}
+
+/// Whether any live TokenPolicy that selects `pod` asks for `privateAccess.podFirewall`. Any,
+/// not only the one the sidecar applies: two policies selecting a pod is a conflict to fix,
+/// and meanwhile the pod gets the stronger protection.
+pub fn wants_pod_firewall(pod: &Pod, policies: &[TokenPolicy]) -> bool {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    policies.iter().any(|policy| {
+        policy.metadata.deletion_timestamp.is_none()
+            && policy
+                .spec
+                .private_access
+                .as_ref()
+                .is_some_and(|p| p.pod_firewall)
+            && policy.spec.selector.matches(&labels)
+    })
 }
 
 /// The request of an AdmissionReview, or why there is none (answered as an invalid request).
@@ -286,7 +362,7 @@ mod tests {
     }
 
     fn answer(namespace: &str, pod: Value) -> (Value, &'static str) {
-        let (response, result) = review_pod(&review(namespace, pod), &settings());
+        let (response, result) = review_pod(&review(namespace, pod), &settings(), Ok(false));
         let json = serde_json::to_value(response.into_review()).expect("review");
         (json["response"].clone(), result)
     }
@@ -365,7 +441,7 @@ mod tests {
         for _ in 0..1000 {
             let started = std::time::Instant::now();
             let request = parse::<Pod>(&body).expect("parses");
-            let (response, _) = review_pod(&request, &settings);
+            let (response, _) = review_pod(&request, &settings, Ok(false));
             let answer = serde_json::to_vec(&response.into_review()).expect("answer");
             assert!(!answer.is_empty());
             times.push(started.elapsed());
@@ -378,6 +454,72 @@ mod tests {
             times[989],
             body.len()
         );
+    }
+
+    #[test]
+    fn the_pod_firewall_follows_the_selecting_policies_and_unknown_policies_refuse() {
+        let pod_value = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "orders-", "labels": {"app": "orders"}},
+            "spec": {"containers": [{"name": "orders", "ports": [{"containerPort": 8080}]}]},
+        });
+        let pod: Pod = serde_json::from_value(pod_value.clone()).expect("pod");
+        let policy = |name: &str, app: &str, firewall: bool| -> TokenPolicy {
+            serde_json::from_value(json!({
+                "apiVersion": "tokengate.dev/v1alpha1", "kind": "TokenPolicy",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"matchLabels": {"app": app}},
+                    "validateJwt": {"jwksUris": ["https://idp.example/keys"]},
+                    "privateAccess": {"podFirewall": firewall}},
+            }))
+            .expect("policy")
+        };
+        assert!(wants_pod_firewall(&pod, &[policy("a", "orders", true)]));
+        let (on, off) = (policy("a", "orders", true), policy("a", "orders", false));
+        assert!(pod_firewall_warning(&on, None).is_some_and(|w| w.contains("rollout restart")));
+        assert!(pod_firewall_warning(&on, Some(&off)).is_some());
+        assert!(pod_firewall_warning(&on, Some(&on)).is_none());
+        assert!(pod_firewall_warning(&off, None).is_none());
+        assert!(!wants_pod_firewall(&pod, &[policy("a", "orders", false)]));
+        assert!(!wants_pod_firewall(&pod, &[policy("a", "billing", true)]));
+        assert!(wants_pod_firewall(
+            &pod,
+            &[policy("a", "orders", false), policy("b", "orders", true)]
+        ));
+
+        let request = review("shop", pod_value.clone());
+        let (response, result) = review_pod(&request, &settings(), Ok(true));
+        assert_eq!(result, "injected");
+        let json = serde_json::to_value(response.into_review()).expect("review");
+        let patch: Vec<u8> =
+            serde_json::from_value(json["response"]["patch"].clone()).expect("patch");
+        let patch = String::from_utf8(patch).expect("UTF-8");
+        assert!(
+            patch.contains(tokengate_policy::contract::FIREWALL_CONTAINER),
+            "{patch}"
+        );
+        let (response, result) = review_pod(
+            &request,
+            &settings(),
+            Err("listing TokenPolicies: timeout".into()),
+        );
+        assert_eq!(result, "error");
+        let json = serde_json::to_value(response.into_review()).expect("review");
+        assert_eq!(json["response"]["allowed"], false);
+        let message = json["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            message.contains("listing TokenPolicies: timeout"),
+            "{message}"
+        );
+        // A pod left alone does not need its policies.
+        let (_, result) = review_pod(
+            &review("kube-system", pod_value),
+            &settings(),
+            Err("unknown".into()),
+        );
+        assert_eq!(result, "skipped");
     }
 
     #[test]

@@ -235,3 +235,49 @@ fn run_accepts_the_arguments_the_contract_builds() {
         assert_eq!(response.status(), http::StatusCode::OK, "{path}");
     }
 }
+
+/// What the webhook writes for a pod with the pod firewall: the init container's arguments,
+/// the sidecar's extra flag and the probes it hands over (the JSON of `TOKENGATE_APP_PROBES`,
+/// given here as the flag it sets).
+#[test]
+fn the_pod_firewall_arguments_the_contract_builds_are_accepted() {
+    use clap::Parser as _;
+    use tokengate_policy::contract;
+    use tokengate_sidecar::cli::{Cli, Command};
+
+    let args = std::iter::once("tokengate-sidecar".to_owned()).chain(contract::firewall_args(8080));
+    let cli = Cli::try_parse_from(args).expect("the sidecar parses the firewall's arguments");
+    let Command::Firewall(firewall) = cli.command else {
+        panic!("not a firewall command");
+    };
+    assert_eq!(firewall.port, 8080);
+
+    let probes = vec![contract::AppProbe {
+        container: "app".to_owned(),
+        kind: "readiness".to_owned(),
+        timeout_seconds: 2,
+        action: contract::AppProbeAction::HttpGet {
+            port: 8080,
+            path: "/healthz".to_owned(),
+            headers: vec![("X-Probe".to_owned(), "1".to_owned())],
+        },
+    }];
+    let json = serde_json::to_string(&probes).expect("JSON");
+    let args = std::iter::once("tokengate-sidecar".to_owned())
+        .chain(contract::sidecar_run_args(
+            8080,
+            &contract::SidecarTuning::default(),
+        ))
+        .chain([
+            contract::require_pod_firewall_arg(8080),
+            "--app-probes".to_owned(),
+            json,
+        ]);
+    let cli = Cli::try_parse_from(args).expect("the sidecar parses the pod firewall flags");
+    let Command::Run(run) = cli.command else {
+        panic!("not a run command");
+    };
+    let config = run.into_config();
+    assert_eq!(config.pod_firewall, Some(8080));
+    assert_eq!(config.app_probes, probes);
+}

@@ -11,6 +11,7 @@ mod cli;
 mod connections;
 mod delivery;
 mod entra;
+mod firewall;
 mod raw;
 mod reload;
 mod resilience;

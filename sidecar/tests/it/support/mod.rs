@@ -226,6 +226,8 @@ pub fn config(policy_files: Vec<PathBuf>, echo: &EchoServer) -> SidecarConfig {
         token_cache_entries: tokengate_sidecar::token_cache::DEFAULT_ENTRIES,
         startup: StartupMode::FailClosed,
         startup_timeout: Duration::from_secs(10),
+        pod_firewall: None,
+        app_probes: Vec::new(),
     }
 }
 
