@@ -1083,6 +1083,42 @@ async fn scale_1000_policies_across_100_namespaces() {
     }
 }
 
+/// Runs the injected sidecar container of `pod` as the webhook wrote it, the contract's ports
+/// mapped to free local ports and the application's 8080 to `app_port`, once the pod is Ready
+/// (by the sidecar's own readinessProbe); returns it with its proxy and admin ports.
+async fn run_sidecar(
+    client: &Client,
+    pod: &Pod,
+    app_port: u16,
+    sync_interval: Option<Duration>,
+) -> (tokengate_testkit::cluster::podrunner::RunningPod, u16, u16) {
+    use tokengate_policy::contract;
+    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let listen = free_port().expect("port");
+        let admin = free_port().expect("port");
+        let mut options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
+            .entrypoint([webhooks::sidecar_binary().display().to_string()])
+            .port(contract::SIDECAR_PROXY_PORT, listen)
+            .port(contract::SIDECAR_ADMIN_PORT, admin)
+            .port(8080, app_port);
+        if let Some(interval) = sync_interval {
+            options = options.sync_interval(interval);
+        }
+        match RunningPod::start(client, pod, options).await {
+            Ok(running) => return (running, listen, admin),
+            // A free port is free when asked, not when bound: another process (or another
+            // pod's outgoing connection) may take it in between. Other ports, then.
+            Err(err) if attempt < 3 && format!("{err:#}").contains("Address already in use") => {
+                eprintln!("{}: ports taken in between, again: {err:#}", pod.name_any());
+            }
+            Err(err) => panic!("run the injected sidecar container: {err:#}"),
+        }
+    }
+}
+
 /// The whole path: a Deployment in an opted-in namespace, its Pod created by the
 /// controller-manager and injected by the webhook over TLS, the operator's bundle projected into
 /// it the way kubelet would, and the injected sidecar container run exactly as the webhook wrote
@@ -1092,10 +1128,9 @@ async fn scale_1000_policies_across_100_namespaces() {
 async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
     use k8s_openapi::api::apps::v1::Deployment;
     use tokengate_policy::contract;
-    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, ProbeKind, RunningPod};
+    use tokengate_testkit::cluster::podrunner::ProbeKind;
     use tokengate_testkit::echo::EchoServer;
     let (client, namespace, _webhook) = webhooks::setup("e2e").await;
-    let sidecar = webhooks::sidecar_binary();
     let idp = IdentityProvider::start().await.expect("identity provider");
     idp.register_client("shop-client", "s3cret");
     let app = EchoServer::start().await.expect("echo application");
@@ -1137,17 +1172,8 @@ async fn a_pod_sidecar_enforces_the_rendered_bundle_and_follows_it() {
     let pod = webhooks::wait_for_pod(&client, &namespace, "app=shop").await;
     webhooks::assert_injected(&pod, "shop", 8080);
 
-    let listen = free_port().expect("port");
-    let admin = free_port().expect("port");
     // The sidecar's own readinessProbe (keys resolved) decides when the pod is Ready.
-    let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
-        .entrypoint([sidecar.display().to_string()])
-        .port(contract::SIDECAR_PROXY_PORT, listen)
-        .port(contract::SIDECAR_ADMIN_PORT, admin)
-        .port(8080, app.port());
-    let running = RunningPod::start(&client, &pod, options)
-        .await
-        .expect("run the injected sidecar container");
+    let (running, listen, _) = run_sidecar(&client, &pod, app.port(), None).await;
 
     let token =
         webhooks::client_credentials_token(&idp, "shop-client", "s3cret", "api://shop").await;
@@ -1250,7 +1276,7 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
     use futures_util::StreamExt as _;
     use k8s_openapi::api::apps::v1::Deployment;
     use tokengate_policy::{Algorithm, contract};
-    use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
+    use tokengate_testkit::cluster::podrunner::RunningPod;
     use tokengate_testkit::echo::EchoServer;
     use tokengate_testkit::idp::{DEFAULT_AUDIENCE, KeyFamily};
     use tokengate_testkit::metrics::value;
@@ -1263,7 +1289,6 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(50);
     let (client, namespace, _webhook) = webhooks::setup("fleet").await;
-    let sidecar = webhooks::sidecar_binary();
     let idp = IdentityProvider::start().await.expect("identity provider");
     idp.refuse_clients(&[SIDECAR]);
     let app = EchoServer::start().await.expect("echo application");
@@ -1345,23 +1370,9 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
     let running: Vec<(RunningPod, u16, u16)> = futures_util::stream::iter(created)
         .map(|pod| {
             let client = client.clone();
-            let sidecar = sidecar.clone();
             let app_port = app.port();
-            async move {
-                let listen = free_port().expect("port");
-                let admin = free_port().expect("port");
-                let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
-                    .entrypoint([sidecar.display().to_string()])
-                    .port(contract::SIDECAR_PROXY_PORT, listen)
-                    .port(contract::SIDECAR_ADMIN_PORT, admin)
-                    .port(8080, app_port)
-                    // kubelet's own sync is slower still (about a minute by default).
-                    .sync_interval(Duration::from_secs(3));
-                let running = RunningPod::start(&client, &pod, options)
-                    .await
-                    .expect("a fleet pod's sidecar becomes ready");
-                (running, listen, admin)
-            }
+            // kubelet's own sync is slower still (about a minute by default).
+            async move { run_sidecar(&client, &pod, app_port, Some(Duration::from_secs(3))).await }
         })
         .buffer_unordered(8)
         .collect()
@@ -1423,11 +1434,60 @@ async fn keys_reach_a_fleet_of_pods_through_the_bundle_without_their_fetches() {
     let rotated_at = Instant::now();
     idp.rotate(KeyFamily::Rsa);
     let rotated = idp.token(Algorithm::RS256);
-    wait_until(TIMEOUT, "every pod to accept the rotated key", || async {
-        Ok(every_pod(rotated.clone(), "200").await.0)
+    // A pod that accepted the new key keeps accepting it: each round asks only the others.
+    let pending = std::sync::Mutex::new(
+        running
+            .iter()
+            .map(|(running, listen, _)| (running.name().to_string(), *listen))
+            .collect::<BTreeMap<String, u16>>(),
+    );
+    let last = std::sync::Mutex::new(BTreeMap::new());
+    let outcome = wait_until(TIMEOUT, "every pod to accept the rotated key", || async {
+        let ports: Vec<(String, u16)> = pending
+            .lock()
+            .map(|p| p.iter().map(|(n, l)| (n.clone(), *l)).collect())
+            .unwrap_or_default();
+        for (name, port) in ports {
+            let (status, response) = http_get(port, "/orders", Some(&rotated)).await;
+            if status == 200 {
+                if let Ok(mut pending) = pending.lock() {
+                    pending.remove(&name);
+                }
+            } else if let Ok(mut last) = last.lock() {
+                let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                last.insert(name, format!("{status} {body}"));
+            }
+        }
+        Ok(pending.lock().map(|p| p.is_empty()).unwrap_or(false))
     })
-    .await
-    .expect("rotation delivered");
+    .await;
+    if let Err(err) = outcome {
+        let pending = pending.into_inner().unwrap_or_default();
+        let last = last.into_inner().unwrap_or_default();
+        let bundle = jwks_maps.get_opt(contract::JWKS_CONFIG_MAP).await;
+        let first = running
+            .iter()
+            .find(|(running, _, _)| pending.contains_key(running.name()))
+            .map(|(running, _, _)| {
+                let logs = running.logs();
+                let tail = logs.len().saturating_sub(3000);
+                format!(
+                    "{}\n{}",
+                    running.runner_log(),
+                    logs.get(tail..).unwrap_or_default()
+                )
+            });
+        panic!(
+            "{err:#}: {} pods never accepted it; their last answers: {:?}; ConfigMap now: \
+             {bundle:?}; the first one's volume sync and sidecar logs: {}",
+            pending.len(),
+            pending
+                .keys()
+                .map(|name| (name, last.get(name)))
+                .collect::<Vec<_>>(),
+            first.unwrap_or_default()
+        );
+    }
     let rotation = rotated_at.elapsed();
     let delivered_after = delivery().await;
     let deliveries = delivered_after.0 - delivered_before.0;
