@@ -74,6 +74,9 @@ enum Found<'a, 'input> {
 
 /// Converts `xml`; see the module documentation.
 pub fn import(xml: &str, options: &Options) -> Result<Import, UnusableInput> {
+    if xml.trim().is_empty() {
+        return Err(UnusableInput("the input is empty".to_owned()));
+    }
     let wrapped;
     let document = match Document::parse(xml) {
         Ok(document) => document,
