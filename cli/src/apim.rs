@@ -752,6 +752,420 @@ fn split_authority(tenant: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Item;
+
+    /// Converts the one policy element of `xml` with the named values `sets`.
+    fn convert(xml: &str, sets: &[&str]) -> (Converted, Vec<Item>) {
+        let document = roxmltree::Document::parse(xml).expect("test XML");
+        let values = NamedValues::parse(sets.iter().copied()).expect("test values");
+        let mut report = Report::default();
+        let converted = Converter {
+            values: &values,
+            report: &mut report,
+        }
+        .convert(document.root_element());
+        (converted, report.items)
+    }
+
+    fn jwt(xml: &str) -> (ValidateJwt, Converted, Vec<Item>) {
+        let (converted, items) = convert(xml, &[]);
+        let jwt = converted.validate_jwt.clone().expect("validateJwt");
+        (jwt, converted, items)
+    }
+
+    /// The (kind, path) of each item.
+    fn kinds(items: &[Item]) -> Vec<(Kind, &str)> {
+        items.iter().map(|i| (i.kind, i.path.as_str())).collect()
+    }
+
+    const OIDC: &str =
+        r#"<openid-config url="https://idp.example/.well-known/openid-configuration"/>"#;
+
+    #[test]
+    fn token_source_attributes() {
+        let (_, out, items) = jwt(&format!(
+            r#"<validate-jwt header-name="Authorization" require-scheme="Token">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(out.token.header, "Authorization");
+        assert_eq!(out.token.scheme.as_deref(), Some("Token"));
+        assert!(items.is_empty(), "{items:?}");
+
+        let (_, out, items) = jwt(&format!(
+            r#"<validate-jwt header-name="X-Token" require-scheme="Bearer">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(
+            (out.token.header.as_str(), out.token.scheme),
+            ("X-Token", None)
+        );
+        assert_eq!(
+            kinds(&items),
+            [(Kind::Note, "validate-jwt/@require-scheme")]
+        );
+
+        let (_, out, items) = jwt(&format!(
+            r#"<validate-jwt query-parameter-name="access_token">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(out.token.query_parameter.as_deref(), Some("access_token"));
+        assert_eq!(
+            kinds(&items),
+            [(Kind::Note, "validate-jwt/@query-parameter-name")]
+        );
+
+        let (_, _, items) = jwt(&format!(
+            r#"<validate-jwt token-value="@(context.Variables[&quot;t&quot;])">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(
+            kinds(&items),
+            [(Kind::NotCarriedOver, "validate-jwt/@token-value")]
+        );
+    }
+
+    #[test]
+    fn failed_validation_attributes() {
+        let (_, out, items) = jwt(&format!(
+            r#"<validate-jwt failed-validation-httpcode="403" failed-validation-error-message="No entry">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(out.failed_validation.http_code, 403);
+        assert_eq!(out.failed_validation.message, "No entry");
+        assert!(items.is_empty());
+
+        let (_, out, items) = jwt(&format!(
+            r#"<validate-jwt failed-validation-httpcode="200" failed-validation-error-message="@(&quot;x&quot;)">{OIDC}</validate-jwt>"#
+        ));
+        assert_eq!(out.failed_validation, FailedValidation::default());
+        assert_eq!(
+            kinds(&items),
+            [
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/@failed-validation-httpcode"
+                ),
+                (
+                    Kind::Expression,
+                    "validate-jwt/@failed-validation-error-message"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn booleans_and_clock_skew() {
+        let (jwt_, _, items) = jwt(&format!(
+            r#"<validate-jwt require-expiration-time="False" clock-skew="45">{OIDC}</validate-jwt>"#
+        ));
+        assert!(!jwt_.require_expiration_time);
+        assert_eq!(jwt_.clock_skew.0, Duration::from_secs(45));
+        assert!(items.is_empty());
+
+        let (jwt_, _, items) = jwt(&format!(
+            r#"<validate-jwt require-signed-tokens="false" require-expiration-time="maybe" clock-skew="a while">{OIDC}</validate-jwt>"#
+        ));
+        assert!(!jwt_.require_signed_tokens);
+        assert!(jwt_.require_expiration_time, "the default stays");
+        assert!(jwt_.clock_skew.is_zero());
+        assert_eq!(
+            kinds(&items),
+            [
+                (Kind::NotCarriedOver, "validate-jwt/@require-signed-tokens"),
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/@require-expiration-time"
+                ),
+                (Kind::NotCarriedOver, "validate-jwt/@clock-skew"),
+            ]
+        );
+        assert!(
+            items[0].message.contains("algorithms"),
+            "{}",
+            items[0].message
+        );
+    }
+
+    #[test]
+    fn openid_configs() {
+        let (jwt_, _, items) = jwt(
+            r#"<validate-jwt><openid-config url="https://a.example/.well-known/openid-configuration" validate-connectivity="true"/><openid-config/></validate-jwt>"#,
+        );
+        assert_eq!(
+            jwt_.openid_configs,
+            [OpenIdConfig {
+                url: "https://a.example/.well-known/openid-configuration".to_owned()
+            }]
+        );
+        assert_eq!(
+            kinds(&items),
+            [
+                (
+                    Kind::Note,
+                    "validate-jwt/openid-config[1]/@validate-connectivity"
+                ),
+                (Kind::NotCarriedOver, "validate-jwt/openid-config[2]"),
+            ]
+        );
+    }
+
+    #[test]
+    fn issuer_signing_keys_in_each_form() {
+        let (jwt_, _, items) = jwt(r#"<validate-jwt><issuer-signing-keys>
+                <key id="hmac">c2VjcmV0</key>
+                <key id="rsa" n="AQAB-modulus" e="AQAB"/>
+                <key id="cert" certificate-id="my-cert"/>
+                <key n="only-n"/>
+                <key/>
+               </issuer-signing-keys></validate-jwt>"#);
+        let keys = &jwt_.issuer_signing_keys;
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            (keys[0].id.as_deref(), keys[0].value.as_deref()),
+            (Some("hmac"), Some("c2VjcmV0"))
+        );
+        assert_eq!(
+            (keys[1].modulus.as_deref(), keys[1].exponent.as_deref()),
+            (Some("AQAB-modulus"), Some("AQAB"))
+        );
+        assert_eq!(
+            keys[2].pem.as_deref(),
+            Some("<public key of the APIM certificate my-cert, in PEM>")
+        );
+        assert_eq!(keys[3].modulus.as_deref(), Some("only-n"));
+        assert_eq!(
+            jwt_.key_selection,
+            KeySelection::ByKid,
+            "one key without an id"
+        );
+        assert_eq!(
+            kinds(&items),
+            [
+                (Kind::Note, "validate-jwt/issuer-signing-keys/key[1]"),
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/issuer-signing-keys/key[3]/@certificate-id"
+                ),
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/issuer-signing-keys/key[4]"
+                ),
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/issuer-signing-keys/key[5]"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_without_ids_are_tried_in_turn_as_apim_does() {
+        let (jwt_, _, items) = jwt(
+            r#"<validate-jwt><issuer-signing-keys><key>a2V5MQ==</key><key>a2V5Mg==</key></issuer-signing-keys></validate-jwt>"#,
+        );
+        assert_eq!(jwt_.key_selection, KeySelection::TryAll);
+        assert_eq!(
+            kinds(&items).last(),
+            Some(&(Kind::Note, "validate-jwt/issuer-signing-keys"))
+        );
+    }
+
+    #[test]
+    fn decryption_keys_are_reported_not_carried() {
+        let (converted, items) = convert(
+            r#"<validate-azure-ad-token tenant-id="common"><decryption-keys><key>a2V5</key></decryption-keys></validate-azure-ad-token>"#,
+            &[],
+        );
+        assert_eq!(
+            kinds(&items),
+            [(
+                Kind::NotCarriedOver,
+                "validate-azure-ad-token/decryption-keys"
+            )]
+        );
+        assert_eq!(
+            converted.validate_azure_ad_token.map(|e| e.tenant_id),
+            Some("common".to_owned())
+        );
+    }
+
+    #[test]
+    fn audiences_issuers_named_values_and_expressions() {
+        let (converted, items) = convert(
+            r#"<validate-jwt>
+                <openid-config url="https://{{host}}/.well-known/openid-configuration"/>
+                <audiences><audience>{{aud}}</audience><audience>@(context.Request.OriginalUrl.Host)</audience></audiences>
+                <issuers><issuer>https://{{host}}</issuer><issuer> </issuer></issuers>
+               </validate-jwt>"#,
+            &["host=idp.example"],
+        );
+        let jwt_ = converted.validate_jwt.expect("validateJwt");
+        assert_eq!(
+            jwt_.openid_configs[0].url,
+            "https://idp.example/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            jwt_.audiences,
+            [
+                "{{aud}}",
+                "<policy expression: @(context.Request.OriginalUrl.Host)>"
+            ]
+        );
+        assert_eq!(jwt_.issuers, ["https://idp.example"]);
+        assert_eq!(
+            kinds(&items),
+            [
+                (Kind::Placeholder, "validate-jwt/audiences/audience[1]"),
+                (Kind::Expression, "validate-jwt/audiences/audience[2]"),
+                (Kind::NotCarriedOver, "validate-jwt/issuers/issuer[2]"),
+            ]
+        );
+        assert!(
+            items[0].message.contains("--set aud=VALUE"),
+            "{}",
+            items[0].message
+        );
+    }
+
+    #[test]
+    fn required_claims() {
+        let (jwt_, _, items) = jwt(&format!(
+            r#"<validate-jwt>{OIDC}<required-claims>
+                <claim name="scp" match="any" separator=" "><value>a.read</value><value>a.write</value></claim>
+                <claim name="tier"><value>gold</value></claim>
+                <claim name="x" match="some" separator="@(&quot;,&quot;)"/>
+                <claim match="all"/>
+               </required-claims></validate-jwt>"#
+        ));
+        let claims = &jwt_.required_claims;
+        assert_eq!(claims.len(), 3);
+        assert_eq!(
+            claims[0],
+            RequiredClaim {
+                name: "scp".to_owned(),
+                match_: ClaimMatch::Any,
+                separator: Some(" ".to_owned()),
+                values: vec!["a.read".to_owned(), "a.write".to_owned()],
+            }
+        );
+        assert_eq!(
+            (claims[1].match_, claims[1].separator.as_deref()),
+            (ClaimMatch::All, None)
+        );
+        assert_eq!(
+            (claims[2].match_, claims[2].separator.as_deref()),
+            (ClaimMatch::All, None)
+        );
+        assert_eq!(
+            kinds(&items),
+            [
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/required-claims/claim[3]/@match"
+                ),
+                (
+                    Kind::Expression,
+                    "validate-jwt/required-claims/claim[3]/@separator"
+                ),
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/required-claims/claim[4]"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_has_no_equivalent_is_reported() {
+        let (_, _, items) = jwt(&format!(
+            r#"<validate-jwt output-token-variable-name="jwt" colour="blue">{OIDC}<extra/></validate-jwt>"#
+        ));
+        assert_eq!(
+            kinds(&items),
+            [
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/@output-token-variable-name"
+                ),
+                (Kind::NotCarriedOver, "validate-jwt/@colour"),
+                (Kind::NotCarriedOver, "validate-jwt/extra"),
+            ]
+        );
+    }
+
+    #[test]
+    fn validate_azure_ad_token_element_by_element() {
+        let (converted, items) = convert(
+            r#"<validate-azure-ad-token tenant-id="{{tenant}}" authentication-endpoint="https://login.microsoftonline.us"
+                 header-name="X-Token" failed-validation-httpcode="403" output-token-variable-name="jwt">
+                <client-application-ids><application-id>11111111-2222-4333-8444-555555555555</application-id></client-application-ids>
+                <backend-application-ids><application-id>6e74172b-be56-4843-9ff4-e66a39bb12e3</application-id></backend-application-ids>
+                <audiences><audience>api://orders</audience></audiences>
+                <required-claims><claim name="roles" match="any"><value>Orders.Read</value></claim></required-claims>
+               </validate-azure-ad-token>"#,
+            &["tenant=8d2f6c1e-4b7a-4c3d-9e5f-1a2b3c4d5e6f"],
+        );
+        let entra = converted
+            .validate_azure_ad_token
+            .expect("validateAzureAdToken");
+        assert_eq!(entra.tenant_id, "8d2f6c1e-4b7a-4c3d-9e5f-1a2b3c4d5e6f");
+        assert_eq!(
+            entra.authentication_endpoint.as_deref(),
+            Some("https://login.microsoftonline.us")
+        );
+        assert_eq!(
+            entra.client_application_ids,
+            ["11111111-2222-4333-8444-555555555555"]
+        );
+        assert_eq!(
+            entra.backend_application_ids,
+            ["6e74172b-be56-4843-9ff4-e66a39bb12e3"]
+        );
+        assert_eq!(entra.audiences, ["api://orders"]);
+        assert_eq!(entra.required_claims[0].match_, ClaimMatch::Any);
+        assert_eq!(converted.token.header, "X-Token");
+        assert_eq!(converted.failed_validation.http_code, 403);
+        assert!(converted.validate_jwt.is_none());
+        assert_eq!(
+            kinds(&items),
+            [(
+                Kind::NotCarriedOver,
+                "validate-azure-ad-token/@output-token-variable-name"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_tenant_url_gives_the_authority_unless_the_endpoint_disagrees() {
+        let (converted, items) = convert(
+            r#"<validate-azure-ad-token tenant-id="https://login.microsoftonline.us/organizations"/>"#,
+            &[],
+        );
+        let entra = converted.validate_azure_ad_token.expect("entra");
+        assert_eq!(
+            (
+                entra.tenant_id.as_str(),
+                entra.authentication_endpoint.as_deref()
+            ),
+            ("organizations", Some("https://login.microsoftonline.us"))
+        );
+        assert!(items.is_empty());
+
+        let (converted, items) = convert(
+            r#"<validate-azure-ad-token tenant-id="https://login.microsoftonline.us/common" authentication-endpoint="https://login.microsoftonline.com"/>"#,
+            &[],
+        );
+        let entra = converted.validate_azure_ad_token.expect("entra");
+        assert_eq!(
+            entra.authentication_endpoint.as_deref(),
+            Some("https://login.microsoftonline.com")
+        );
+        assert_eq!(
+            kinds(&items),
+            [(Kind::NotCarriedOver, "validate-azure-ad-token/@tenant-id")]
+        );
+
+        let (_, items) = convert(r#"<validate-azure-ad-token/>"#, &[]);
+        assert_eq!(
+            kinds(&items),
+            [(Kind::NotCarriedOver, "validate-azure-ad-token")]
+        );
+    }
 
     #[test]
     fn clock_skew_in_seconds_or_as_a_timespan() {

@@ -384,6 +384,39 @@ mod tests {
     }
 
     #[test]
+    fn what_the_webhook_would_refuse_and_unused_named_values_are_reported() {
+        let xml = r#"<validate-jwt><issuer-signing-keys><key certificate-id="c"/></issuer-signing-keys></validate-jwt>"#;
+        let import = import(
+            xml,
+            &Options {
+                values: NamedValues::parse(["tenant=x"]).expect("values"),
+                ..options()
+            },
+        )
+        .expect("imports");
+        let kinds: Vec<_> = import
+            .report
+            .items
+            .iter()
+            .map(|i| (i.kind, i.path.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    Kind::NotCarriedOver,
+                    "validate-jwt/issuer-signing-keys/key/@certificate-id"
+                ),
+                (
+                    Kind::Refused,
+                    "orders: spec.validateJwt.issuerSigningKeys[0]"
+                ),
+                (Kind::Note, "--set tenant"),
+            ]
+        );
+    }
+
+    #[test]
     fn without_a_selector_the_placeholder_is_written_and_noted() {
         let xml = r#"<validate-jwt><openid-config url="https://idp.example/.well-known/openid-configuration"/></validate-jwt>"#;
         let import = import(
