@@ -76,7 +76,7 @@ pub fn main(
             } else {
                 exit::OK
             };
-            let text = err.render().ansi().to_string();
+            let text = err.render().to_string();
             let out: &mut dyn Write = if err.use_stderr() { stderr } else { stdout };
             let _ = out.write_all(text.as_bytes());
             return code;
