@@ -37,7 +37,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct ImportApimArgs {
     /// The policy XML: one validate-jwt or validate-azure-ad-token element, several policies,
-    /// or a whole <policies> document; `-` reads standard input.
+    /// a policy <fragment> or a whole <policies> document; `-` reads standard input.
     #[arg(value_name = "FILE|-")]
     pub input: PathBuf,
 
@@ -126,9 +126,10 @@ pub fn import_apim(
     };
     let name = match &args.name {
         Some(name) => {
-            if !is_dns_subdomain(name) {
+            // 240: room for the `-N` suffix of several policies within 253.
+            if !is_dns_subdomain(name) || name.len() > 240 {
                 bail!(
-                    "--name {name:?}: a TokenPolicy name is lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"
+                    "--name {name:?}: a TokenPolicy name is lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 240 characters"
                 );
             }
             name.clone()

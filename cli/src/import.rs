@@ -1,6 +1,6 @@
 //! `tokengate import-apim`: an APIM policy (one `validate-jwt` or `validate-azure-ad-token`
-//! element, a fragment of several policies, or a whole `<policies>` document) into TokenPolicy
-//! YAML, with a report of everything that was not carried over.
+//! element, several policies side by side, a policy `<fragment>`, or a whole `<policies>`
+//! document) into TokenPolicy YAML, with a report of everything that was not carried over.
 
 use std::collections::BTreeMap;
 
@@ -225,11 +225,12 @@ fn find_policies<'a, 'input>(
                 }
             }
         }
-        FRAGMENT_ROOT => walk_section(root, true, &mut found),
+        // Our wrapper around several policies, and APIM's policy fragments.
+        FRAGMENT_ROOT | "fragment" => walk_section(root, true, &mut found),
         _ if SECTIONS.contains(&name) => walk_section(root, name == "inbound", &mut found),
         _ => {
             return Err(UnusableInput(format!(
-                "expected <policies>, <validate-jwt> or <validate-azure-ad-token>, found <{name}>"
+                "expected <policies>, <fragment>, <validate-jwt> or <validate-azure-ad-token>, found <{name}>"
             )));
         }
     }
@@ -414,6 +415,14 @@ mod tests {
                 (Kind::Note, "--set tenant"),
             ]
         );
+    }
+
+    #[test]
+    fn a_policy_fragment_is_read_like_an_inbound_section() {
+        let xml = r#"<fragment><validate-jwt><openid-config url="https://idp.example/.well-known/openid-configuration"/></validate-jwt></fragment>"#;
+        let import = import(xml, &options()).expect("imports");
+        assert_eq!(import.policies[0].0, "fragment/validate-jwt");
+        assert!(import.report.is_complete(), "{:?}", import.report);
     }
 
     #[test]
