@@ -508,8 +508,9 @@ impl Converter<'_> {
             self.report.push(
                 Kind::NotCarriedOver,
                 &path,
-                "an RSA key needs both n and e; the key is written as given and will be refused until both are set",
+                "an RSA key needs both n and e; left out: give the key's n and e (base64url)",
             );
+            return None;
         }
         if key.value.is_none() && key.pem.is_none() && !rsa {
             self.report.push(
@@ -914,7 +915,7 @@ mod tests {
                 <key/>
                </issuer-signing-keys></validate-jwt>"#);
         let keys = &jwt_.issuer_signing_keys;
-        assert_eq!(keys.len(), 4);
+        assert_eq!(keys.len(), 3);
         assert_eq!(
             (keys[0].id.as_deref(), keys[0].value.as_deref()),
             (Some("hmac"), Some("c2VjcmV0"))
@@ -927,7 +928,6 @@ mod tests {
             keys[2].pem.as_deref(),
             Some("<public key of the APIM certificate my-cert, in PEM>")
         );
-        assert_eq!(keys[3].modulus.as_deref(), Some("only-n"));
         assert_eq!(
             jwt_.key_selection,
             KeySelection::ByKid,
