@@ -2,7 +2,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: test lint fmt-check build controlplane kubectl helm node images node-test node-tier test-tools test-build test-suites shellcheck kind-test kind-demo \
-	demo bench fuzz-short fuzz-long fuzz-tools fuzz-build fuzz-run
+	demo demo-local bench fuzz-short fuzz-long fuzz-tools fuzz-build fuzz-run
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -96,7 +96,7 @@ node-test: controlplane kubectl helm node
 # --workspace, as the test build: the same features for every dependency, so nothing rebuilds.
 node-tier:
 	IMAGE_BINARIES=target/debug bash images/build.sh
-	$(TEST_ENV) $(CARGO) test --workspace --test node -- --ignored --nocapture
+	$(TEST_ENV) $(CARGO) test --workspace --test node --test demo -- --ignored --nocapture
 
 # The same steps as the node tier on a kind cluster (tests/kind/; needs kind, a container engine,
 # kubectl and helm). kind-demo leaves the cluster running with a walkthrough.
@@ -106,8 +106,13 @@ kind-test:
 kind-demo:
 	bash tests/kind/demo.sh
 
+# The cluster demo (root; else the sidecar alone, saying why): scripts/demo.sh, tests/demo.rs.
 demo:
-	scripts/demo.sh
+	scripts/demo.sh $(ARGS)
+
+# The sidecar alone on 127.0.0.1, no cluster.
+demo-local:
+	scripts/demo-local.sh
 
 # tokengate beside nginx, oauth2-proxy and Oathkeeper under the same load (scripts/bench/run.sh);
 # rewrites the table in docs/benchmarks.md. BENCH_QUICK=1: one short round. Not part of `test`.

@@ -1,48 +1,46 @@
 #!/usr/bin/env bash
-# Local demo: an identity provider, an application and the sidecar in front of it, on
-# 127.0.0.1, with the quick-start policy from examples/. Nothing to install beyond Rust.
+# `make demo`: tokengate as users run it, on this machine with no cluster at hand. A local
+# control plane and node (the test tier's: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet and kube-proxy from their Go modules, containerd and runc from Debian)
+# start here, the chart is installed from the images, and a walkthrough runs (tests/demo.rs).
+#   KIND=1 make demo     the same on a kind cluster instead (needs Docker and kind)
+#   make demo ARGS=--exit-after-walkthrough     end after the walkthrough
+# A node needs root; without it, the sidecar alone (scripts/demo-local.sh), saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet -p tokengate-sidecar -p tokengate-testkit --bins
-bin=target/debug
-log=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
+say() { printf '\033[1m%s\033[0m\n' "$*"; }
 
-"$bin/tokengate-idp" --listen 127.0.0.1:9400 >"$log/idp.log" 2>&1 & pids+=($!)
-"$bin/tokengate-echo" --listen 127.0.0.1:9401 >"$log/app.log" 2>&1 & pids+=($!)
-"$bin/tokengate-sidecar" run --policy examples/quickstart.yaml \
-  --listen 127.0.0.1:9402 --upstream http://127.0.0.1:9401 --admin 127.0.0.1:9403 \
-  >"$log/sidecar.log" 2>&1 & pids+=($!)
+if [[ "${KIND:-}" == 1 ]]; then
+  exec bash tests/kind/demo.sh
+fi
+if [[ "$(id -u)" != 0 ]]; then
+  say "The cluster demo runs a kubelet and containerd on this machine, which needs root (sudo make demo)."
+  say "Meanwhile, the sidecar alone, without a cluster:"
+  exec bash scripts/demo-local.sh
+fi
 
-for _ in $(seq 1 100); do
-  curl -fs http://127.0.0.1:9403/ready >/dev/null 2>&1 && break
-  sleep 0.1
+build=testkit/controlplane/build.sh
+cold=""
+for kind in bin kubectl-bin helm-bin node-bin; do
+  [[ -d "$(bash "$build" "--print-$kind-dir")" ]] || cold=1
 done
+if [[ -n "$cold" ]]; then
+  say "First run: building the control plane, the node's binaries, kubectl and helm from their Go"
+  say "modules, and installing containerd and runc from Debian. About 15 minutes on 2 cores, once;"
+  say "later runs start in under a minute."
+fi
+say "[0/7] tools, binaries and images"
+bash testkit/node/node.sh install
+for tool in controlplane kubectl helm node; do
+  bash "$build" "$tool"
+done
+cargo build --quiet --workspace --bins
+IMAGE_BINARIES=target/debug bash images/build.sh >/dev/null
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-
-step "curl -s http://127.0.0.1:9403/ready"
-curl -s http://127.0.0.1:9403/ready
-
-step "curl -si http://127.0.0.1:9402/orders        # no token"
-curl -si http://127.0.0.1:9402/orders; echo
-
-token=$("$bin/tokengate-idp" token --issuer http://127.0.0.1:9400 --scope api://demo/.default)
-step "TOKEN=\$(tokengate-idp token --issuer http://127.0.0.1:9400 --scope api://demo/.default)"
-
-step "curl -s -H \"Authorization: Bearer \$TOKEN\" http://127.0.0.1:9402/orders   # the app sees X-User-Id"
-curl -s -H "Authorization: Bearer $token" http://127.0.0.1:9402/orders \
-  | grep -o '"method":"[A-Z]*"\|"path":"[^"]*"\|"x-user-id":\[[^]]*\]\|"x-forwarded-for":\[[^]]*\]'
-
-step "curl -s http://127.0.0.1:9402/healthz        # authentication Disabled on this route"
-curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:9402/healthz
-
-wrong=$("$bin/tokengate-idp" token --issuer http://127.0.0.1:9400 --scope api://elsewhere/.default)
-step "tokengate-sidecar check --policy examples/quickstart.yaml --token \$WRONG_AUDIENCE_TOKEN"
-"$bin/tokengate-sidecar" check --policy examples/quickstart.yaml --token "$wrong" || true
-
-step "curl -s http://127.0.0.1:9403/metrics | grep tokengate_requests_total"
-curl -s http://127.0.0.1:9403/metrics | grep '^tokengate_requests_total'
+TOKENGATE_CONTROLPLANE_BIN="$(bash "$build" --print-bin-dir)"
+TOKENGATE_KUBECTL_BIN="$(bash "$build" --print-kubectl-bin-dir)"
+TOKENGATE_HELM_BIN="$(bash "$build" --print-helm-bin-dir)"
+TOKENGATE_NODE_BIN="$(bash "$build" --print-node-bin-dir)"
+export TOKENGATE_CONTROLPLANE_BIN TOKENGATE_KUBECTL_BIN TOKENGATE_HELM_BIN TOKENGATE_NODE_BIN
+exec target/debug/tokengate-demo "$@"
