@@ -7,8 +7,11 @@
 //! It stays up until interrupted, with the KUBECONFIG to use; `--exit-after-walkthrough` ends
 //! it after the walkthrough (the node tier runs it so and checks the output).
 //!
-//! Needs root, the images (`target/images`) and the Go-built binaries; `scripts/demo.sh` makes
-//! sure of all three and says why when the machine cannot run a node.
+//! A node needs root and the images (`target/images`); where it cannot start (`--no-node`, which
+//! `scripts/demo.sh` passes when not root, saying why), the same story runs on the control plane
+//! alone: the operator and its webhooks as local processes, and the injected sidecar of the
+//! Deployment's pod run by the pod runner (`tokengate_testkit::cluster::podrunner`) from the pod
+//! the API server stored, with the identity provider and the application on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -17,8 +20,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::{Value, json};
+use tokengate_policy::contract;
 use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
+use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
 use tokengate_testkit::cluster::tools::{KUBECTL_BIN_ENV, Tool};
+use tokengate_testkit::cluster::{ControlPlane, Process, free_port, wait_until};
+use tokengate_testkit::echo::EchoServer;
+use tokengate_testkit::idp::IdentityProvider;
 use tokengate_tests::support::{
     Tools, app_yaml, cluster_ip, idp_yaml, image_archives, pod_ip, ready_pod, repo, service_yaml,
     test_image, until_status,
@@ -119,7 +129,57 @@ fn token_command(idp: &str, scope: &str) -> String {
     )
 }
 
-async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
+/// Where the walkthrough runs: the commands' environment and the addresses it talks to.
+struct Scene {
+    sh: Shell,
+    kubeconfig: PathBuf,
+    /// The identity provider's base URL (its token endpoint is `/token`).
+    idp: String,
+    /// The application's base URL, as clients reach it (through the sidecar).
+    app: String,
+    /// `host:port` of `app`.
+    app_addr: String,
+    /// The sidecar's metrics URL.
+    metrics: String,
+    /// What must live as long as the scene: directories, processes, the pod runner.
+    _keep: Vec<Box<dyn std::any::Any>>,
+}
+
+/// `kubectl apply` of examples/quickstart.yaml in the demo namespace (created and opted in
+/// first), its issuer pointed at `idp`.
+fn apply_example(sh: &Shell, scratch: &Path, idp: &str) -> Result<()> {
+    sh.show(&format!(
+        "kubectl create namespace {NAMESPACE} && kubectl label namespace {NAMESPACE} \
+         {}={}",
+        contract::NAMESPACE_INJECTION_LABEL,
+        contract::INJECTION_ENABLED
+    ))?;
+    let example = std::fs::read_to_string(repo().join("examples/quickstart.yaml"))
+        .context("examples/quickstart.yaml")?
+        .replace("http://127.0.0.1:9400", idp);
+    let file = scratch.join("quickstart.yaml");
+    std::fs::write(&file, example)?;
+    let applied = sh.show(&format!(
+        "kubectl apply -n {NAMESPACE} -f {}",
+        file.display()
+    ))?;
+    if !applied.contains("created") {
+        bail!("kubectl apply failed: {applied}");
+    }
+    Ok(())
+}
+
+/// The pods of the demo Deployment, as `kubectl get` shows them.
+fn show_pods(sh: &Shell) -> Result<()> {
+    sh.show(&format!(
+        "kubectl get pods -n {NAMESPACE} -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,CONTAINERS:.spec.containers[*].name,READY:.status.conditions[?(@.type==\"Ready\")].status'"
+    ))?;
+    Ok(())
+}
+
+/// Steps 2 to 5 on the node: the chart from the images, the identity provider and the
+/// application as pods, reached through their Services' ClusterIPs.
+async fn on_the_node(node: &NodeCluster) -> Result<Scene> {
     let cp = node.control_plane();
     let client = cp.client().await?;
     let scratch = tempfile::tempdir()?;
@@ -128,7 +188,7 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
         helm: Tool::helm(cp.admin_kubeconfig(), scratch.path())?,
         scratch: tempfile::tempdir()?,
     };
-    let mut sh = Shell::new(cp.admin_kubeconfig(), &kubectl_dir()?);
+    let sh = Shell::new(cp.admin_kubeconfig(), &kubectl_dir()?);
 
     progress(
         2,
@@ -174,19 +234,7 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
         "kubectl apply -f examples/quickstart.yaml, its issuer set to the provider's Service",
     );
     let started = Instant::now();
-    sh.show(&format!(
-        "kubectl create namespace {NAMESPACE} && kubectl label namespace {NAMESPACE} \
-         tokengate.dev/injection=enabled"
-    ))?;
-    let example = std::fs::read_to_string(repo().join("examples/quickstart.yaml"))
-        .context("examples/quickstart.yaml")?
-        .replace("http://127.0.0.1:9400", &idp);
-    let policy_file = scratch.path().join("quickstart.yaml");
-    std::fs::write(&policy_file, example)?;
-    sh.show(&format!(
-        "kubectl apply -n {NAMESPACE} -f {}",
-        policy_file.display()
-    ))?;
+    apply_example(&sh, scratch.path(), &idp)?;
     done(started);
 
     progress(
@@ -200,9 +248,7 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let pod = ready_pod(&pods, "demo").await;
     done(started);
-    sh.show(&format!(
-        "kubectl get pods -n {NAMESPACE} -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,CONTAINERS:.spec.containers[*].name,READY:.status.conditions[?(@.type==\"Ready\")].status'"
-    ))?;
+    show_pods(&sh)?;
     let app = format!(
         "http://{}",
         cluster_ip(
@@ -217,7 +263,181 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
     if status != 200 {
         bail!("the application's Service does not answer: {status} {response}");
     }
+    Ok(Scene {
+        sh,
+        kubeconfig: cp.admin_kubeconfig().to_owned(),
+        idp,
+        app,
+        app_addr,
+        metrics: format!("http://{}:15081/metrics", pod_ip(&pod)),
+        _keep: vec![Box::new(scratch), Box::new(tools.scratch)],
+    })
+}
 
+/// A binary built beside this one (`cargo build --workspace --bins`).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: cargo build --workspace --bins",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Steps 2 to 5 without a node: the operator and its webhooks as processes (with the chart's
+/// RBAC), the identity provider and the application on 127.0.0.1, and the Deployment's pod,
+/// injected by the webhook, run by the pod runner.
+async fn on_the_control_plane(cp: &ControlPlane) -> Result<Scene> {
+    let client = cp.client().await?;
+    let scratch = tempfile::tempdir()?;
+    let sh = Shell::new(cp.admin_kubeconfig(), &kubectl_dir()?);
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+
+    progress(
+        2,
+        "the operator and its webhooks as local processes, with the CRD and the chart's RBAC",
+    );
+    let started = Instant::now();
+    sh.show(&format!(
+        "kubectl create namespace tokengate-system && kubectl apply --server-side -f {} -f {}",
+        repo()
+            .join("crds/tokengate.dev_tokenpolicies.yaml")
+            .display(),
+        repo().join("operator/deploy/rbac.yaml").display()
+    ))?;
+    let admin = free_port()?;
+    let webhook = free_port()?;
+    let mut command = Command::new(sibling("tokengate-operator")?);
+    command
+        .arg(format!("--admin=127.0.0.1:{admin}"))
+        .arg(format!("--webhook-listen=127.0.0.1:{webhook}"))
+        .arg("--webhook-host=127.0.0.1")
+        .arg("--allow-http-key-sources");
+    let operator: Process = cp
+        .spawn_as_service_account(&client, "tokengate-system", "tokengate-operator", command)
+        .await?;
+    keep.push(Box::new(operator));
+    // The chart's webhook configurations, calling the local process instead of its Service.
+    let text = std::fs::read_to_string(repo().join("operator/deploy/webhooks.yaml"))?;
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).context("webhooks.yaml")?;
+    let mut configurations = Vec::new();
+    for mut document in documents {
+        for hook in document["webhooks"].as_array_mut().into_iter().flatten() {
+            let path = hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .context("a webhook without a service path")?
+                .to_owned();
+            hook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{webhook}{path}")});
+        }
+        configurations.push(document);
+    }
+    let file = scratch.path().join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!({"apiVersion": "v1", "kind": "List", "items": configurations}).to_string(),
+    )?;
+    sh.quiet(&format!("kubectl apply -f {}", file.display()))?;
+    done(started);
+
+    progress(3, "the identity provider, on 127.0.0.1");
+    let provider = IdentityProvider::start().await?;
+    provider.register_client("demo", "demo-secret");
+    let idp = provider.base_url().to_owned();
+    keep.push(Box::new(provider));
+    println!("      issuer {idp} (OIDC discovery, JWKS, a client-credentials token endpoint)");
+
+    progress(
+        4,
+        "kubectl apply -f examples/quickstart.yaml, its issuer set to the provider",
+    );
+    let started = Instant::now();
+    apply_example(&sh, scratch.path(), &idp)?;
+    done(started);
+
+    progress(
+        5,
+        "a Deployment in the opted-in namespace: the webhook injects the sidecar, the pod runner runs it",
+    );
+    let started = Instant::now();
+    let echo = EchoServer::start().await?;
+    let deployment = scratch.path().join("demo.yaml");
+    std::fs::write(
+        &deployment,
+        app_yaml(NAMESPACE, "demo")
+            .replace("imagePullPolicy: Never", "imagePullPolicy: IfNotPresent"),
+    )?;
+    // The webhook configuration and its CA reach the API server a moment after they are
+    // applied; until then pods are created without the sidecar.
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "labels": {"app": "probe"}},
+        "spec": {"containers": [{"name": "app", "image": "probe",
+                                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    wait_until(Duration::from_secs(60), "the webhook to inject", || async {
+        let created = pods.create(&dry_run, &probe).await;
+        Ok(created.is_ok_and(|pod| {
+            pod.spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == contract::SIDECAR_CONTAINER)
+        }))
+    })
+    .await?;
+    sh.quiet(&format!("kubectl apply -f {}", deployment.display()))?;
+    let found = std::sync::Mutex::new(None);
+    wait_until(Duration::from_secs(60), "the Deployment's pod", || async {
+        let list = pods.list(&ListParams::default().labels("app=demo")).await?;
+        let first = list.items.into_iter().next();
+        let done = first.is_some();
+        if let Ok(mut found) = found.lock() {
+            *found = first;
+        }
+        Ok(done)
+    })
+    .await?;
+    let pod = found
+        .into_inner()
+        .ok()
+        .flatten()
+        .context("the Deployment's pod")?;
+    let listen = free_port()?;
+    let sidecar_admin = free_port()?;
+    let options = PodRunnerOptions::new(contract::SIDECAR_CONTAINER)
+        .entrypoint([sibling("tokengate-sidecar")?.display().to_string()])
+        .port(contract::SIDECAR_PROXY_PORT, listen)
+        .port(contract::SIDECAR_ADMIN_PORT, sidecar_admin)
+        .port(8080, echo.port());
+    let running = RunningPod::start(&client, &pod, options).await?;
+    keep.push(Box::new(running));
+    keep.push(Box::new(echo));
+    done(started);
+    show_pods(&sh)?;
+    println!(
+        "      the sidecar on 127.0.0.1:{listen} (the pod's 15080), admin 127.0.0.1:{sidecar_admin}"
+    );
+    keep.push(Box::new(scratch));
+    Ok(Scene {
+        sh,
+        kubeconfig: cp.admin_kubeconfig().to_owned(),
+        idp,
+        app: format!("http://127.0.0.1:{listen}"),
+        app_addr: format!("127.0.0.1:{listen}"),
+        metrics: format!("http://127.0.0.1:{sidecar_admin}/metrics"),
+        _keep: keep,
+    })
+}
+
+/// Steps 6 and 7, wherever the cluster runs.
+async fn walkthrough(mut scene: Scene, stay: bool) -> Result<()> {
+    let (idp, app, app_addr) = (scene.idp.clone(), scene.app.clone(), scene.app_addr.clone());
+    let sh = &mut scene.sh;
     progress(
         6,
         "the walkthrough: a token, requests, the policy, a live edit, metrics",
@@ -264,15 +484,15 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
 
     println!("\nThe sidecar's metrics, on its admin port:");
     sh.show(&format!(
-        "curl -s http://{}:15081/metrics | grep '^tokengate_requests_total'",
-        pod_ip(&pod)
+        "curl -s {} | grep '^tokengate_requests_total'",
+        scene.metrics
     ))?;
 
     progress(7, "the cluster is yours");
     let kubectl = kubectl_dir()?;
     println!(
         "\n  export KUBECONFIG={}\n  export PATH={}:$PATH\n  kubectl get pods -A\n  TOKEN=$({})\n  curl -s -H \"Authorization: Bearer $TOKEN\" {app}/orders",
-        cp.admin_kubeconfig().display(),
+        scene.kubeconfig.display(),
         kubectl.display(),
         token_command(&idp, "api://demo/.default"),
     );
@@ -289,13 +509,16 @@ async fn walkthrough(node: &NodeCluster, stay: bool) -> Result<()> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let mut stay = true;
+    let mut node = true;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--exit-after-walkthrough" => stay = false,
+            "--no-node" => node = false,
             "-h" | "--help" => {
                 println!(
-                    "tokengate-demo [--exit-after-walkthrough]: tokengate on a local control plane \
-                     and node (root); run it through `make demo`"
+                    "tokengate-demo [--exit-after-walkthrough] [--no-node]: tokengate on a local \
+                     control plane and node (root; --no-node: the control plane and the pod \
+                     runner); run it through `make demo`"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -305,6 +528,21 @@ async fn main() -> ExitCode {
             }
         }
     }
+    let result = if node {
+        with_node(stay).await
+    } else {
+        without_node(stay).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("\nthe demo failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn with_node(stay: bool) -> Result<()> {
     progress(
         1,
         "a control plane and a node: etcd, kube-apiserver, kube-controller-manager, \
@@ -312,22 +550,22 @@ async fn main() -> ExitCode {
     );
     let started = Instant::now();
     let archives = image_archives();
-    let node = tokio::task::spawn_blocking(move || {
+    let started_node = tokio::task::spawn_blocking(move || {
         NodeCluster::start(&NodeOptions {
             images: archives,
             sandbox_image: test_image("tokengate-pause"),
         })
     })
-    .await;
-    let node = match node {
-        Ok(Ok(node)) => node,
-        Ok(Err(err)) => {
-            eprintln!("the node did not start: {err:#}");
-            return ExitCode::FAILURE;
-        }
+    .await
+    .context("the node's start-up task")?;
+    let node = match started_node {
+        Ok(node) => node,
         Err(err) => {
-            eprintln!("the node did not start: {err}");
-            return ExitCode::FAILURE;
+            println!(
+                "\nThe node did not start ({err:#}).\nThe same story without it: the control plane, \
+                 and the pod runner for the pod."
+            );
+            return without_node(stay).await;
         }
     };
     println!(
@@ -336,17 +574,28 @@ async fn main() -> ExitCode {
         node.startup_time().as_secs_f64()
     );
     done(started);
-    let result = tokio::time::timeout(Duration::from_secs(24 * 3600), walkthrough(&node, stay))
+    let result = match on_the_node(&node).await {
+        Ok(scene) => walkthrough(scene, stay).await,
+        Err(err) => Err(err),
+    };
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n----- logs:\n{}", node.log_tails(30)))
+}
+
+async fn without_node(stay: bool) -> Result<()> {
+    progress(
+        1,
+        "a control plane: etcd, kube-apiserver, kube-controller-manager (no node: the pod \
+         runner runs the injected sidecar)",
+    );
+    let started = Instant::now();
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
         .await
-        .unwrap_or_else(|_| Ok(()));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "\nthe demo failed: {err:#}\n----- logs:\n{}",
-                node.log_tails(30)
-            );
-            ExitCode::FAILURE
-        }
-    }
+        .context("the control plane's start-up task")?
+        .context("the control plane did not start")?;
+    done(started);
+    let result = match on_the_control_plane(&cp).await {
+        Ok(scene) => walkthrough(scene, stay).await,
+        Err(err) => Err(err),
+    };
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n----- logs:\n{}", cp.log_tails(30)))
 }
