@@ -10,5 +10,6 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod reference;
 pub mod render;
 pub mod webhook;

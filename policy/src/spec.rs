@@ -698,6 +698,9 @@ pub struct PrivateAccess {
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// The schema's pattern for a duration; the generated reference recognises durations by it.
+    pub const PATTERN: &str = "^\\s*([0-9]+\\s*(ns|us|ms|s|m|h|d|sec|min|hour|hours|second|seconds|minute|minutes)\\s*)+$";
+
     pub fn is_zero(&self) -> bool {
         self.0.is_zero()
     }
@@ -731,7 +734,7 @@ impl JsonSchema for HumanDuration {
         json_schema!({
             "type": "string",
             "description": "A duration such as 30s, 2m or 1h30m.",
-            "pattern": "^\\s*([0-9]+\\s*(ns|us|ms|s|m|h|d|sec|min|hour|hours|second|seconds|minute|minutes)\\s*)+$",
+            "pattern": HumanDuration::PATTERN,
         })
     }
 
