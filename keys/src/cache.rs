@@ -318,6 +318,15 @@ impl KeyCache {
                     return existing;
                 }
                 let source = Arc::new(Source::new(id.clone(), delivery));
+                // Every series of the source exists from the start, at 0: a sidecar whose keys
+                // all come from the bundle shows that it made no fetch, not nothing.
+                let label = id.url();
+                for result in ["success", "error"] {
+                    self.metrics.jwks_fetch.with_label_values(&[label, result]);
+                }
+                if delivery.through_bundle() {
+                    self.metrics.delivered.with_label_values(&[label]);
+                }
                 if delivery.through_bundle()
                     && let Some(delivered) = self.delivered_keys(id)
                 {

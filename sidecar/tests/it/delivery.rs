@@ -169,6 +169,19 @@ async fn operator_mode_is_ready_from_the_bundle_alone_and_follows_rotations_with
     );
     assert_eq!(d.idp().discovery_fetches(), 0);
     let source = d.idp().jwks_url();
+    // The fetch counter exists at 0 (a dashboard shows "no fetches", not "no data").
+    let exposition = d.bench.sidecar.metrics.render();
+    let samples = tokengate_testkit::metrics::samples(&exposition);
+    assert!(
+        samples
+            .iter()
+            .any(|sample| sample.name == "tokengate_jwks_fetch_total"
+                && sample
+                    .labels
+                    .contains(&("source".to_owned(), source.clone()))
+                && sample.value == 0.0),
+        "{exposition}"
+    );
     assert!(
         d.bench
             .metric("tokengate_keys_delivered_total", &[("source", &source)])
