@@ -23,15 +23,15 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 use tokengate_policy::contract;
-use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
+use tokengate_testkit::cluster::node::NodeCluster;
 use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
 use tokengate_testkit::cluster::tools::{KUBECTL_BIN_ENV, Tool};
 use tokengate_testkit::cluster::{ControlPlane, Process, free_port, wait_until};
 use tokengate_testkit::echo::EchoServer;
 use tokengate_testkit::idp::IdentityProvider;
 use tokengate_tests::support::{
-    Tools, app_yaml, cluster_ip, idp_yaml, image_archives, pod_ip, ready_pod, repo, service_yaml,
-    test_image, until_status,
+    Tools, app_yaml, cluster_ip, idp_yaml, pod_ip, ready_pod, repo, service_yaml, start_node,
+    until_status,
 };
 
 /// The walkthrough's steps, for the progress lines.
@@ -549,16 +549,7 @@ async fn with_node(stay: bool) -> Result<()> {
          kube-scheduler, containerd, kubelet, kube-proxy",
     );
     let started = Instant::now();
-    let archives = image_archives();
-    let started_node = tokio::task::spawn_blocking(move || {
-        NodeCluster::start(&NodeOptions {
-            images: archives,
-            sandbox_image: test_image("tokengate-pause"),
-        })
-    })
-    .await
-    .context("the node's start-up task")?;
-    let node = match started_node {
+    let node = match start_node().await {
         Ok(node) => node,
         Err(err) => {
             println!(

@@ -20,7 +20,7 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
 use tokengate_policy::contract;
-use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
+use tokengate_testkit::cluster::node::NodeCluster;
 use tokengate_testkit::cluster::pki::CertificateAuthority;
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::wait_until;
@@ -186,16 +186,7 @@ fn restart_count(pod: &Pod) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, the images and `make node`: run by `make test` and `make node-test`"]
 async fn tokengate_from_its_images_on_a_real_node() {
-    let archives = image_archives();
-    let node = tokio::task::spawn_blocking(move || {
-        NodeCluster::start(&NodeOptions {
-            images: archives,
-            sandbox_image: test_image("tokengate-pause"),
-        })
-    })
-    .await
-    .expect("node start-up task")
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let node = start_node().await.unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!(
         "control plane started in {:.1}s; node Ready {:.1}s later",
         node.control_plane().startup_time().as_secs_f64(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::ListParams;
+use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::wait_until;
 
@@ -416,4 +417,17 @@ pub async fn scrape(ip: &str, port: u16) -> String {
     let (status, response) = http(&format!("{ip}:{port}"), "/metrics", &[]).await;
     assert_eq!(status, 200, "metrics of {ip}:{port}: {response}");
     response
+}
+
+/// Starts a control plane and a node with the images imported (blocking work on its own
+/// thread; several seconds).
+pub async fn start_node() -> anyhow::Result<NodeCluster> {
+    let archives = image_archives();
+    tokio::task::spawn_blocking(move || {
+        NodeCluster::start(&NodeOptions {
+            images: archives,
+            sandbox_image: test_image("tokengate-pause"),
+        })
+    })
+    .await?
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tokengate_testkit::cluster::ControlPlane;
-use tokengate_testkit::cluster::tools::Tool;
+use tokengate_testkit::cluster::tools::{Tool, whole_numbers_as_integers};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,32 +28,6 @@ fn apply(kubectl: &Tool, path: &Path, namespace: &str, flags: &[&str]) {
     let path = path.to_str().expect("UTF-8 path");
     args.extend(["-f", path]);
     kubectl.run(&args).unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// The objects of a file as kubectl reads it, without the server.
-fn as_kubectl_reads_it(kubectl: &Tool, path: &Path) -> Vec<Value> {
-    let out = kubectl
-        .run([
-            "create",
-            "--dry-run=client",
-            "--validate=false",
-            "-o",
-            "json",
-            "-f",
-            path.to_str().expect("UTF-8 path"),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .stdout;
-    let mut objects = Vec::new();
-    for value in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
-        let value = whole_numbers_as_integers(value.expect("kubectl prints JSON"));
-        if value["kind"] == "List" {
-            objects.extend(value["items"].as_array().cloned().unwrap_or_default());
-        } else {
-            objects.push(value);
-        }
-    }
-    objects
 }
 
 #[test]
@@ -106,7 +80,9 @@ fn every_fixtures_output_applies_with_kubectl() {
             let _ = kubectl.run_unchecked(["create", "namespace", &target]);
         }
         // kubectl (YAML 1.1) reads the same objects.
-        let mut theirs = as_kubectl_reads_it(&kubectl, output);
+        let mut theirs = kubectl
+            .objects_as_read(output)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         // kubectl fills in its context's namespace where a file names none.
         for (their, our) in theirs.iter_mut().zip(&ours) {
             if our["metadata"].get("namespace").is_none()
@@ -135,29 +111,5 @@ fn every_fixtures_output_applies_with_kubectl() {
                 .run(["get", "-n", &target, "tokenpolicy", name, "-o", "name"])
                 .unwrap_or_else(|e| panic!("{}: {e:#}", output.display()));
         }
-    }
-}
-
-/// YAML readers differ in whether `401` is an integer or a float; compare numbers by value.
-fn whole_numbers_as_integers(value: Value) -> Value {
-    match value {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                // Exact: a whole number below 2^53.
-                #[allow(clippy::cast_possible_truncation)]
-                let whole = f as i64;
-                Value::from(whole)
-            }
-            _ => Value::Number(n),
-        },
-        Value::Array(items) => {
-            Value::Array(items.into_iter().map(whole_numbers_as_integers).collect())
-        }
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, whole_numbers_as_integers(v)))
-                .collect(),
-        ),
-        other => other,
     }
 }

@@ -22,7 +22,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokengate_policy::{TokenPolicy, contract};
-use tokengate_testkit::cluster::tools::Tool;
+use tokengate_testkit::cluster::tools::{Tool, whole_numbers_as_integers};
 use tokengate_testkit::cluster::{ControlPlane, free_port, http_get, wait_until};
 use tokengate_testkit::dashboard;
 use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
@@ -137,31 +137,6 @@ fn documents(text: &str) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .map(whole_numbers_as_integers)
         .collect()
-}
-
-/// 400.0 and 400 are one number to an API server (JSON has no integer type); Rust's JSON values
-/// tell them apart, so comparisons see whole numbers as integers.
-fn whole_numbers_as_integers(value: Value) -> Value {
-    match value {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                // Exact: a whole number below 2^53.
-                #[allow(clippy::cast_possible_truncation)]
-                let whole = f as i64;
-                json!(whole)
-            }
-            _ => Value::Number(n),
-        },
-        Value::Array(items) => {
-            Value::Array(items.into_iter().map(whole_numbers_as_integers).collect())
-        }
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, whole_numbers_as_integers(v)))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 fn kind_and_name(object: &Value) -> String {
@@ -344,33 +319,6 @@ fn apply_file(kubectl: &Tool, path: &Path, flags: &[&str]) -> String {
         .stdout
 }
 
-/// The objects of a manifest as kubectl reads it (YAML 1.1, sigs.k8s.io/yaml), without the
-/// server: `kubectl create --dry-run=client -o json`.
-fn as_kubectl_reads_it(kubectl: &Tool, path: &Path) -> Vec<Value> {
-    let out = kubectl
-        .run([
-            "create",
-            "--dry-run=client",
-            "--validate=false",
-            "-o",
-            "json",
-            "-f",
-            path.to_str().expect("UTF-8 path"),
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .stdout;
-    let mut objects = Vec::new();
-    for value in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
-        let value = whole_numbers_as_integers(value.expect("kubectl prints JSON"));
-        if value["kind"] == "List" {
-            objects.extend(value["items"].as_array().cloned().unwrap_or_default());
-        } else {
-            objects.push(value);
-        }
-    }
-    objects
-}
-
 async fn install_foreign_crds(kubectl: &Tool) {
     for file in ["monitoring.coreos.com.yaml", "cert-manager.io.yaml"] {
         apply_file(
@@ -403,7 +351,9 @@ async fn kubectl_applies_the_crd_examples_and_every_rendered_object_without_warn
     install_foreign_crds(kubectl).await;
 
     // What kubectl reads from the generated CRD is the CRD we generate.
-    let read = as_kubectl_reads_it(kubectl, &crd_file);
+    let read = kubectl
+        .objects_as_read(&crd_file)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let generated = whole_numbers_as_integers(
         serde_json::to_value(tokengate_operator::crd::crd().expect("crd")).expect("json"),
     );
@@ -425,7 +375,9 @@ async fn kubectl_applies_the_crd_examples_and_every_rendered_object_without_warn
         ensure_namespaces(kubectl, &text).await;
         // kubectl (YAML 1.1) and the policy crate (YAML 1.2) read the same objects.
         let ours = documents(&text);
-        let mut theirs = as_kubectl_reads_it(kubectl, example);
+        let mut theirs = kubectl
+            .objects_as_read(example)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         // kubectl fills in the kubeconfig context's namespace where a file names none.
         for (their, our) in theirs.iter_mut().zip(&ours) {
             if our["metadata"].get("namespace").is_none()
@@ -455,7 +407,9 @@ async fn kubectl_applies_the_crd_examples_and_every_rendered_object_without_warn
         std::fs::write(&file, &rendered).expect("write rendered chart");
         // Everything the chart renders is read by kubectl as helm and we read it.
         assert_eq!(
-            as_kubectl_reads_it(kubectl, &file),
+            kubectl
+                .objects_as_read(&file)
+                .unwrap_or_else(|e| panic!("{e:#}")),
             documents(&rendered),
             "{name}"
         );

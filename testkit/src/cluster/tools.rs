@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 /// Environment variable naming the directory holding `kubectl`.
 pub const KUBECTL_BIN_ENV: &str = "TOKENGATE_KUBECTL_BIN";
@@ -148,5 +149,57 @@ impl Tool {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
+    }
+
+    /// The objects of a manifest file as kubectl reads it (YAML 1.1, sigs.k8s.io/yaml),
+    /// without the server: `kubectl create --dry-run=client -o json`, lists flattened and
+    /// numbers normalised ([`whole_numbers_as_integers`]), to compare with what we wrote.
+    pub fn objects_as_read(&self, path: &Path) -> Result<Vec<Value>> {
+        let out = self
+            .run([
+                "create",
+                "--dry-run=client",
+                "--validate=false",
+                "-o",
+                "json",
+                "-f",
+                path.to_str().context("a UTF-8 path")?,
+            ])?
+            .stdout;
+        let mut objects = Vec::new();
+        for value in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+            let value = whole_numbers_as_integers(value.context("kubectl prints JSON")?);
+            if value["kind"] == "List" {
+                objects.extend(value["items"].as_array().cloned().unwrap_or_default());
+            } else {
+                objects.push(value);
+            }
+        }
+        Ok(objects)
+    }
+}
+
+/// 400.0 and 400 are one number to an API server (JSON has no integer type); Rust's JSON values
+/// tell them apart, so comparisons see whole numbers as integers.
+pub fn whole_numbers_as_integers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                // Exact: a whole number below 2^53.
+                #[allow(clippy::cast_possible_truncation)]
+                let whole = f as i64;
+                json!(whole)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(whole_numbers_as_integers).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, whole_numbers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
