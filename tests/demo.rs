@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use serde_json::{Value, json};
 use tokengate_policy::contract;
 use tokengate_testkit::cluster::node::NodeCluster;
 use tokengate_testkit::cluster::podrunner::{PodRunnerOptions, RunningPod};
-use tokengate_testkit::cluster::tools::{KUBECTL_BIN_ENV, Tool};
+use tokengate_testkit::cluster::tools::KUBECTL_BIN_ENV;
+use tokengate_testkit::cluster::webhook::{configurations_at_local_port, dry_run_create};
 use tokengate_testkit::cluster::{ControlPlane, Process, free_port, wait_until};
 use tokengate_testkit::echo::EchoServer;
 use tokengate_testkit::idp::IdentityProvider;
@@ -51,23 +52,27 @@ fn done(started: Instant) {
 /// demo cluster's KUBECONFIG, printing the command and what it printed.
 struct Shell {
     kubeconfig: PathBuf,
+    /// The directory of the kubectl put first on the PATH.
+    kubectl_dir: PathBuf,
     path: String,
     /// Shell variables set earlier in the walkthrough (`TOKEN`).
     vars: Vec<(String, String)>,
 }
 
 impl Shell {
-    fn new(kubeconfig: &Path, kubectl_dir: &Path) -> Self {
+    fn new(kubeconfig: &Path) -> Result<Self> {
+        let kubectl_dir = kubectl_dir()?;
         let path = format!(
             "{}:{}",
             kubectl_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        Self {
+        Ok(Self {
             kubeconfig: kubeconfig.to_owned(),
+            kubectl_dir,
             path,
             vars: Vec::new(),
-        }
+        })
     }
 
     /// Prints `$ NAME=$(command)` and runs it, keeping what it printed as `$NAME` for the
@@ -132,7 +137,6 @@ fn token_command(idp: &str, scope: &str) -> String {
 /// Where the walkthrough runs: the commands' environment and the addresses it talks to.
 struct Scene {
     sh: Shell,
-    kubeconfig: PathBuf,
     /// The identity provider's base URL (its token endpoint is `/token`).
     idp: String,
     /// The application's base URL, as clients reach it (through the sidecar).
@@ -182,13 +186,8 @@ fn show_pods(sh: &Shell) -> Result<()> {
 async fn on_the_node(node: &NodeCluster) -> Result<Scene> {
     let cp = node.control_plane();
     let client = cp.client().await?;
-    let scratch = tempfile::tempdir()?;
-    let tools = Tools {
-        kubectl: Tool::kubectl(cp.admin_kubeconfig(), scratch.path())?,
-        helm: Tool::helm(cp.admin_kubeconfig(), scratch.path())?,
-        scratch: tempfile::tempdir()?,
-    };
-    let sh = Shell::new(cp.admin_kubeconfig(), &kubectl_dir()?);
+    let tools = Tools::new(cp)?;
+    let sh = Shell::new(cp.admin_kubeconfig())?;
 
     progress(
         2,
@@ -234,7 +233,7 @@ async fn on_the_node(node: &NodeCluster) -> Result<Scene> {
         "kubectl apply -f examples/quickstart.yaml, its issuer set to the provider's Service",
     );
     let started = Instant::now();
-    apply_example(&sh, scratch.path(), &idp)?;
+    apply_example(&sh, tools.scratch.path(), &idp)?;
     done(started);
 
     progress(
@@ -265,12 +264,11 @@ async fn on_the_node(node: &NodeCluster) -> Result<Scene> {
     }
     Ok(Scene {
         sh,
-        kubeconfig: cp.admin_kubeconfig().to_owned(),
         idp,
         app,
         app_addr,
         metrics: format!("http://{}:15081/metrics", pod_ip(&pod)),
-        _keep: vec![Box::new(scratch), Box::new(tools.scratch)],
+        _keep: vec![Box::new(tools)],
     })
 }
 
@@ -292,7 +290,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 async fn on_the_control_plane(cp: &ControlPlane) -> Result<Scene> {
     let client = cp.client().await?;
     let scratch = tempfile::tempdir()?;
-    let sh = Shell::new(cp.admin_kubeconfig(), &kubectl_dir()?);
+    let sh = Shell::new(cp.admin_kubeconfig())?;
     let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
 
     progress(
@@ -322,17 +320,7 @@ async fn on_the_control_plane(cp: &ControlPlane) -> Result<Scene> {
     // The chart's webhook configurations, calling the local process instead of its Service.
     let text = std::fs::read_to_string(repo().join("operator/deploy/webhooks.yaml"))?;
     let documents: Vec<Value> = serde_saphyr::from_multiple(&text).context("webhooks.yaml")?;
-    let mut configurations = Vec::new();
-    for mut document in documents {
-        for hook in document["webhooks"].as_array_mut().into_iter().flatten() {
-            let path = hook["clientConfig"]["service"]["path"]
-                .as_str()
-                .context("a webhook without a service path")?
-                .to_owned();
-            hook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{webhook}{path}")});
-        }
-        configurations.push(document);
-    }
+    let configurations = configurations_at_local_port(documents, webhook)?;
     let file = scratch.path().join("webhooks.json");
     std::fs::write(
         &file,
@@ -376,12 +364,8 @@ async fn on_the_control_plane(cp: &ControlPlane) -> Result<Scene> {
         "spec": {"containers": [{"name": "app", "image": "probe",
                                  "ports": [{"name": "http", "containerPort": 8080}]}]},
     }))?;
-    let dry_run = PostParams {
-        dry_run: true,
-        field_manager: None,
-    };
     wait_until(Duration::from_secs(60), "the webhook to inject", || async {
-        let created = pods.create(&dry_run, &probe).await;
+        let created = dry_run_create(&pods, &probe).await;
         Ok(created.is_ok_and(|pod| {
             pod.spec
                 .iter()
@@ -425,7 +409,6 @@ async fn on_the_control_plane(cp: &ControlPlane) -> Result<Scene> {
     keep.push(Box::new(scratch));
     Ok(Scene {
         sh,
-        kubeconfig: cp.admin_kubeconfig().to_owned(),
         idp,
         app: format!("http://127.0.0.1:{listen}"),
         app_addr: format!("127.0.0.1:{listen}"),
@@ -489,11 +472,10 @@ async fn walkthrough(mut scene: Scene, stay: bool) -> Result<()> {
     ))?;
 
     progress(7, "the cluster is yours");
-    let kubectl = kubectl_dir()?;
     println!(
         "\n  export KUBECONFIG={}\n  export PATH={}:$PATH\n  kubectl get pods -A\n  TOKEN=$({})\n  curl -s -H \"Authorization: Bearer $TOKEN\" {app}/orders",
-        scene.kubeconfig.display(),
-        kubectl.display(),
+        sh.kubeconfig.display(),
+        sh.kubectl_dir.display(),
         token_command(&idp, "api://demo/.default"),
     );
     if stay {

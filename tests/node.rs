@@ -22,7 +22,6 @@ use serde_json::Value;
 use tokengate_policy::contract;
 use tokengate_testkit::cluster::node::NodeCluster;
 use tokengate_testkit::cluster::pki::CertificateAuthority;
-use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::wait_until;
 use tokengate_testkit::{dashboard, metrics};
 use tokengate_tests::support::*;
@@ -202,12 +201,7 @@ async fn tokengate_from_its_images_on_a_real_node() {
 async fn scenario(node: &NodeCluster) -> Result<()> {
     let cp = node.control_plane();
     let client = cp.client().await?;
-    let scratch = tempfile::tempdir()?;
-    let tools = Tools {
-        kubectl: Tool::kubectl(cp.admin_kubeconfig(), scratch.path())?,
-        helm: Tool::helm(cp.admin_kubeconfig(), scratch.path())?,
-        scratch: tempfile::tempdir()?,
-    };
+    let tools = Tools::new(cp)?;
 
     // The chart, as a platform team installs it: images from the chart's defaults (present on
     // the node, so IfNotPresent never pulls), two operator replicas, the webhook. Plain-http
@@ -820,18 +814,7 @@ spec:
 /// A Service `name` to the pods of `app` that targets the application's port by number: the
 /// path around the sidecar that the operator reports as `Bypass`.
 fn bypass_service_yaml(namespace: &str, name: &str, app: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  selector: {{app: {app}}}
-  ports:
-    - {{name: direct, port: 80, targetPort: 8080}}
-"
-    )
+    service_to(namespace, name, app, ("direct", 80), "8080")
 }
 
 fn ensure_status(got: u16, want: u16, what: &str, response: &str) -> Result<()> {

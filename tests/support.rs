@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::ListParams;
+use tokengate_testkit::cluster::ControlPlane;
 use tokengate_testkit::cluster::node::{NodeCluster, NodeOptions};
 use tokengate_testkit::cluster::tools::Tool;
 use tokengate_testkit::cluster::wait_until;
@@ -65,7 +66,23 @@ pub fn image_archives() -> Vec<PathBuf> {
 pub struct Tools {
     pub kubectl: Tool,
     pub helm: Tool,
+    /// Manifests and files the test writes.
     pub scratch: tempfile::TempDir,
+    /// helm's and kubectl's home (cache, config), apart from the user's.
+    _home: tempfile::TempDir,
+}
+
+impl Tools {
+    /// kubectl and helm as the cluster's administrator.
+    pub fn new(cp: &ControlPlane) -> anyhow::Result<Self> {
+        let home = tempfile::tempdir()?;
+        Ok(Self {
+            kubectl: Tool::kubectl(cp.admin_kubeconfig(), home.path())?,
+            helm: Tool::helm(cp.admin_kubeconfig(), home.path())?,
+            scratch: tempfile::tempdir()?,
+            _home: home,
+        })
+    }
 }
 
 impl Tools {
@@ -378,6 +395,18 @@ data:
 
 /// A Service `name` on `port`, to the pods' port `http`.
 pub fn service_yaml(namespace: &str, name: &str, port: u16) -> String {
+    service_to(namespace, name, name, ("http", port), "http")
+}
+
+/// A Service `name` selecting the pods of `app`, port `(port name, number)` to `target` (a port
+/// name or number).
+pub fn service_to(
+    namespace: &str,
+    name: &str,
+    app: &str,
+    (port_name, port): (&str, u16),
+    target: &str,
+) -> String {
     format!(
         "apiVersion: v1
 kind: Service
@@ -385,9 +414,9 @@ metadata:
   name: {name}
   namespace: {namespace}
 spec:
-  selector: {{app: {name}}}
+  selector: {{app: {app}}}
   ports:
-    - {{name: http, port: {port}, targetPort: http}}
+    - {{name: {port_name}, port: {port}, targetPort: {target}}}
 "
     )
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tokengate_testkit::cluster::ControlPlane;
-use tokengate_testkit::cluster::tools::{Tool, whole_numbers_as_integers};
+use tokengate_testkit::cluster::tools::{Tool, drop_context_namespaces, whole_numbers_as_integers};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,14 +83,7 @@ fn every_fixtures_output_applies_with_kubectl() {
         let mut theirs = kubectl
             .objects_as_read(output)
             .unwrap_or_else(|e| panic!("{e:#}"));
-        // kubectl fills in its context's namespace where a file names none.
-        for (their, our) in theirs.iter_mut().zip(&ours) {
-            if our["metadata"].get("namespace").is_none()
-                && let Some(metadata) = their["metadata"].as_object_mut()
-            {
-                metadata.remove("namespace");
-            }
-        }
+        drop_context_namespaces(&mut theirs, &ours);
         assert_eq!(
             theirs,
             ours,

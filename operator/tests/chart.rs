@@ -22,7 +22,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokengate_policy::{TokenPolicy, contract};
-use tokengate_testkit::cluster::tools::{Tool, whole_numbers_as_integers};
+use tokengate_testkit::cluster::tools::{Tool, drop_context_namespaces, whole_numbers_as_integers};
 use tokengate_testkit::cluster::{ControlPlane, free_port, http_get, wait_until};
 use tokengate_testkit::dashboard;
 use tokengate_testkit::idp::{IdentityProvider, KeyFamily};
@@ -378,14 +378,7 @@ async fn kubectl_applies_the_crd_examples_and_every_rendered_object_without_warn
         let mut theirs = kubectl
             .objects_as_read(example)
             .unwrap_or_else(|e| panic!("{e:#}"));
-        // kubectl fills in the kubeconfig context's namespace where a file names none.
-        for (their, our) in theirs.iter_mut().zip(&ours) {
-            if our["metadata"].get("namespace").is_none()
-                && let Some(metadata) = their["metadata"].as_object_mut()
-            {
-                metadata.remove("namespace");
-            }
-        }
+        drop_context_namespaces(&mut theirs, &ours);
         assert_eq!(
             theirs,
             ours,

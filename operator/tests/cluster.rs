@@ -1699,18 +1699,12 @@ mod webhooks {
 
     /// The shipped configurations, calling `https://127.0.0.1:{port}` instead of the Service.
     async fn register(client: &Client, port: u16) -> Result<(), String> {
-        let mut documents = Vec::new();
         let parsed: Vec<Value> =
             serde_saphyr::from_multiple(include_str!("../deploy/webhooks.yaml"))
                 .map_err(|e| format!("webhooks.yaml: {e}"))?;
-        for mut value in parsed {
-            for webhook in value["webhooks"].as_array_mut().into_iter().flatten() {
-                let path = webhook["clientConfig"]["service"]["path"].clone();
-                let path = path.as_str().ok_or("a webhook without a service path")?;
-                webhook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}{path}")});
-            }
-            documents.push(value);
-        }
+        let documents =
+            tokengate_testkit::cluster::webhook::configurations_at_local_port(parsed, port)
+                .map_err(|e| format!("{e:#}"))?;
         let [mutating, validating] = documents.as_slice() else {
             return Err("webhooks.yaml holds two configurations".to_string());
         };

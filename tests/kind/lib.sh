@@ -525,19 +525,29 @@ spec:
       image: $CURL_IMAGE
       imagePullPolicy: IfNotPresent
       command: ["sleep", "86400"]
----
+EOF
+    echo_deployment_yaml orders | k apply -f -
+}
+
+# A one-replica Deployment NAME of the echo application (label app=NAME, port "http") in the
+# application namespace. The echo answers every request with 200. The webhook rewrites probes
+# that name the protected port to its number (or, with the pod firewall, sends them through
+# the sidecar), so the kubelet keeps probing the application itself.
+echo_deployment_yaml() {
+    local name="$1"
+    cat <<EOF
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: orders
+  name: $name
   namespace: $APP_NAMESPACE
 spec:
   replicas: 1
   selector:
-    matchLabels: {app: orders}
+    matchLabels: {app: $name}
   template:
     metadata:
-      labels: {app: orders}
+      labels: {app: $name}
     spec:
       containers:
         - name: app
@@ -546,8 +556,6 @@ spec:
           args: ["--listen", "0.0.0.0:$APP_PORT"]
           ports:
             - {name: http, containerPort: $APP_PORT}
-          # The echo answers every request with 200. The webhook rewrites probes that name the
-          # protected port to its number, so the kubelet keeps probing the application itself.
           readinessProbe:
             httpGet: {path: /healthz, port: http}
             periodSeconds: 2

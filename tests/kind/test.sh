@@ -282,34 +282,8 @@ spec:
   selector: {app: vault}
   ports:
     - {name: direct, port: 80, targetPort: $APP_PORT}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: vault
-  namespace: $APP_NAMESPACE
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: vault}
-  template:
-    metadata:
-      labels: {app: vault}
-    spec:
-      containers:
-        - name: app
-          image: $ECHO_IMAGE
-          imagePullPolicy: Never
-          args: ["--listen", "0.0.0.0:$APP_PORT"]
-          ports:
-            - {name: http, containerPort: $APP_PORT}
-          readinessProbe:
-            httpGet: {path: /healthz, port: http}
-            periodSeconds: 2
-          livenessProbe:
-            httpGet: {path: /healthz, port: http}
-            periodSeconds: 5
 EOF
+    echo_deployment_yaml vault | k apply -f -
     k rollout status deployment/vault -n "$APP_NAMESPACE" --timeout="${TIMEOUT}s"
     local pod ip out vault_url="http://vault.$APP_NAMESPACE.svc.cluster.local"
     pod="$(k get pods -n "$APP_NAMESPACE" -l app=vault -o jsonpath='{.items[0].metadata.name}')"

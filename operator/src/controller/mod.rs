@@ -478,49 +478,75 @@ async fn render_bundle(
     let config_map = with_type_meta(&bundle.config_map, "v1", "ConfigMap")?;
     let secret = with_type_meta(&bundle.secret, "v1", "Secret")?;
     let jwks = with_type_meta(&bundle.jwks, "v1", "ConfigMap")?;
-    let apply = PatchParams::apply(MANAGER).force();
-    let resync = ctx.timing.resync;
-    let configmaps = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace);
-    // The public keys first: a policy that needs them finds them there when it arrives.
-    let rendered = fingerprint(&[&jwks]);
-    if !Written::covers(written.jwks.as_ref(), rendered, resync, deletions) {
-        configmaps
-            .patch(render::JWKS_CONFIG_MAP, &apply, &Patch::Apply(jwks))
-            .await
-            .map_err(Error::api(format!(
-                "applying ConfigMap {namespace}/{}",
-                render::JWKS_CONFIG_MAP
-            )))?;
-        written.jwks = Some(Written::new(rendered, deletions));
+    // The public keys first: a policy that needs them finds them there when it arrives; the
+    // key material before the policies that reference it.
+    if apply_unless_written::<ConfigMap>(
+        ctx,
+        namespace,
+        render::JWKS_CONFIG_MAP,
+        jwks,
+        &mut written.jwks,
+        deletions,
+    )
+    .await?
+    {
         ctx.measure_delivery(namespace, &keys);
     }
-    let rendered = fingerprint(&[&secret]);
-    if !Written::covers(written.keys.as_ref(), rendered, resync, deletions) {
-        Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .patch(render::KEYS_SECRET, &apply, &Patch::Apply(secret))
-            .await
-            .map_err(Error::api(format!(
-                "applying Secret {namespace}/{}",
-                render::KEYS_SECRET
-            )))?;
-        written.keys = Some(Written::new(rendered, deletions));
-    }
-    let rendered = fingerprint(&[&config_map]);
-    if !Written::covers(written.policies.as_ref(), rendered, resync, deletions) {
-        configmaps
-            .patch(
-                render::POLICIES_CONFIG_MAP,
-                &apply,
-                &Patch::Apply(config_map),
-            )
-            .await
-            .map_err(Error::api(format!(
-                "applying ConfigMap {namespace}/{}",
-                render::POLICIES_CONFIG_MAP
-            )))?;
-        written.policies = Some(Written::new(rendered, deletions));
-    }
+    apply_unless_written::<Secret>(
+        ctx,
+        namespace,
+        render::KEYS_SECRET,
+        secret,
+        &mut written.keys,
+        deletions,
+    )
+    .await?;
+    apply_unless_written::<ConfigMap>(
+        ctx,
+        namespace,
+        render::POLICIES_CONFIG_MAP,
+        config_map,
+        &mut written.policies,
+        deletions,
+    )
+    .await?;
     Ok((facts, bundle.secret_problems))
+}
+
+/// Applies `object` (a `K` named `name` in `namespace`) by server-side apply, unless `written`
+/// says the same content was applied within the resync and nothing was deleted since; records
+/// what it applied. Returns whether it applied.
+async fn apply_unless_written<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    object: Value,
+    written: &mut Option<Written>,
+    deletions: u64,
+) -> Result<bool>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let rendered = fingerprint(&[&object]);
+    if Written::covers(written.as_ref(), rendered, ctx.timing.resync, deletions) {
+        return Ok(false);
+    }
+    Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(Error::api(format!(
+            "applying {} {namespace}/{name}",
+            K::kind(&())
+        )))?;
+    *written = Some(Written::new(rendered, deletions));
+    Ok(true)
 }
 
 /// Private access: the policy's NetworkPolicy applied, or deleted when it has none.

@@ -179,6 +179,19 @@ impl Tool {
     }
 }
 
+/// kubectl fills in its context's namespace where a file names none: drops it from `theirs`
+/// (kubectl's reading, [`Tool::objects_as_read`]) wherever `ours` (the same objects as we read
+/// them) has none, so the two compare equal when they agree on what the file says.
+pub fn drop_context_namespaces(theirs: &mut [Value], ours: &[Value]) {
+    for (their, our) in theirs.iter_mut().zip(ours) {
+        if our["metadata"].get("namespace").is_none()
+            && let Some(metadata) = their["metadata"].as_object_mut()
+        {
+            metadata.remove("namespace");
+        }
+    }
+}
+
 /// 400.0 and 400 are one number to an API server (JSON has no integer type); Rust's JSON values
 /// tell them apart, so comparisons see whole numbers as integers.
 pub fn whole_numbers_as_integers(value: Value) -> Value {

@@ -375,6 +375,26 @@ where
     }
 }
 
+/// Webhook configurations (such as the chart's, rendered) with each webhook's `clientConfig`
+/// pointed at `https://127.0.0.1:{port}` plus its Service path instead of the Service: a webhook
+/// served by a local process, with no Services or kube-proxy here.
+pub fn configurations_at_local_port(
+    mut documents: Vec<serde_json::Value>,
+    port: u16,
+) -> Result<Vec<serde_json::Value>> {
+    for document in &mut documents {
+        for hook in document["webhooks"].as_array_mut().into_iter().flatten() {
+            let path = hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .context("a webhook without a service path")?
+                .to_owned();
+            hook["clientConfig"] =
+                serde_json::json!({"url": format!("https://127.0.0.1:{port}{path}")});
+        }
+    }
+    Ok(documents)
+}
+
 /// A server-side dry-run create: runs admission (webhooks included) without storing anything.
 pub async fn dry_run_create<K>(api: &Api<K>, object: &K) -> Result<K>
 where
